@@ -1,0 +1,45 @@
+"""Shared timing helpers for the benchmark scripts (one CPU thread, median of repeated runs)."""
+import json
+import statistics
+import time
+
+import torch
+
+# SPEC §10: the reference implementation's seconds per training iteration, one core, CPU, torch 2.13.
+REFERENCE_SECONDS = {"vdp": 0.093, "push": 0.354, "pend": 0.150}
+
+# SPEC §10 configurations: latent n, observation p, control m, window T, batch B, hidden units.
+CONFIGS = {
+    "vdp": dict(latent_dim=2, obs_dim=2, ctrl_dim=0, T=21, batch=8, hidden=32),
+    "push": dict(latent_dim=8, obs_dim=2, ctrl_dim=6, T=50, batch=16, hidden=64),
+    "pend": dict(latent_dim=3, obs_dim=2, ctrl_dim=1, T=33, batch=4, hidden=64),
+}
+
+
+def time_it(fn, *, warmup=3, repeats=15):
+    "Run `fn` `warmup` times, then time `repeats` runs; returns (median, min, max) seconds."
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), max(times)
+
+
+def count_ops(fn):
+    "Number of ATen operator calls (forward and backward) made by one call of `fn`."
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None
+               or (e.name.startswith("aten::") and e.cpu_parent is not None
+                   and not e.cpu_parent.name.startswith("aten::")))
+
+
+def report(config, median_s, min_s, max_s, **extra):
+    "Print one JSON line of results."
+    print(json.dumps({"config": config, "median_s": round(median_s, 5), "min_s": round(min_s, 5),
+                      "max_s": round(max_s, 5), **extra}), flush=True)
