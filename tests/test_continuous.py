@@ -1,0 +1,275 @@
+"""Continuous-time dynamics against closed forms: the matrix-exponential (Van Loan) discretisation of a linear
+SDE, the exact discrete-time filter/smoother/predictor on that discretisation, finite-difference gradients,
+and hand-written Jacobians of a nonlinear field."""
+import pytest
+import torch
+from torch import nn
+
+from replay_overshooting.continuous import ContinuousDynamics
+from replay_overshooting.ekf import ekf_filter, ekf_predict, rts_smoother
+
+F64 = dict(dtype=torch.float64)
+TIGHT = dict(rtol=1e-10, atol=1e-12)
+
+
+class LinearField(nn.Module):
+    "`f([z, u]) = A z + B u` (no `B` when there are no controls), with its Jacobian `A`."
+
+    def __init__(self, A, B=None):
+        super().__init__()
+        self.A = nn.Parameter(A.clone())
+        self.B = nn.Parameter(B.clone()) if B is not None else None
+
+    def forward(self, x):
+        n = self.A.shape[0]
+        out = x[:, :n] @ self.A.T
+        return out if self.B is None else out + x[:, n:] @ self.B.T
+
+    def value_and_jacobian(self, x, wrt):
+        return self(x), self.A[:, :wrt].expand(x.shape[0], -1, -1)
+
+
+class VanDerPol(nn.Module):
+    "`dx/dt = mu (x - x³/3 - y)`, `dy/dt = x / mu + u`; Jacobian by torch.func."
+
+    def __init__(self, mu=1.0):
+        super().__init__()
+        self.mu = nn.Parameter(torch.tensor(mu, **F64))
+
+    def forward(self, x):
+        p, q, u = x.unbind(-1)
+        return torch.stack([self.mu * (p - p ** 3 / 3 - q), p / self.mu + u], -1)
+
+
+class VanDerPolByHand(VanDerPol):
+    "The same field with a hand-written Jacobian."
+
+    def value_and_jacobian(self, x, wrt):
+        p = x[:, 0]
+        zero, one, mu = torch.zeros_like(p), torch.ones_like(p), self.mu.expand_as(p)
+        J = torch.stack([torch.stack([mu * (1 - p ** 2), -mu, zero], -1),
+                         torch.stack([1 / mu, zero, one], -1)], -2)
+        return self(x), J[..., :wrt]
+
+
+def van_loan(A, B, Q, dt):
+    "Exact `A_d = e^{A dt}`, `B_d = ∫ e^{As} ds B`, `Q_d = ∫ e^{As} Q e^{Aᵀs} ds` from two matrix exponentials."
+    n, m = B.shape
+    augmented = torch.zeros(n + m, n + m, **F64)
+    augmented[:n, :n], augmented[:n, n:] = A, B
+    AB = torch.linalg.matrix_exp(augmented * dt)
+    M = torch.zeros(2 * n, 2 * n, **F64)
+    M[:n, :n], M[:n, n:], M[n:, n:] = -A, Q, A.T
+    E = torch.linalg.matrix_exp(M * dt)
+    A_d = E[n:, n:].T
+    return AB[:n, :n], AB[:n, n:], A_d @ E[:n, n:]
+
+
+def random_spd(*shape, scale=1.0):
+    L = torch.randn(*shape, **F64)
+    return scale * (L @ L.mT) + 0.1 * torch.eye(shape[-1], **F64)
+
+
+def linear_problem(n=4, m=2, batch=3, dt=0.5, seed=0):
+    torch.manual_seed(seed)
+    A = torch.randn(n, n, **F64) - 0.5 * torch.eye(n, **F64)
+    B = torch.randn(n, m, **F64)
+    Q = random_spd(n, n)
+    return A, B, Q, dt, torch.randn(batch, n, **F64), random_spd(batch, n, n), torch.randn(batch, m, **F64)
+
+
+def assert_relative(got, expected, tol):
+    scale = expected.abs().amax().clamp_min(1.0)
+    err = (got - expected).abs().amax() / scale
+    assert err < tol, f"relative error {err:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("solver, tol", [
+    (dict(), 1e-7),  # SPEC defaults: dopri5, rtol 1e-7, atol 1e-9
+    (TIGHT, 1e-9),
+    (dict(method="rk4", options={"step_size": 0.5 / 40}), 1e-7),
+])
+def test_linear_step_matches_matrix_exponential(solver, tol):
+    A, B, Q, dt, mean, cov, u = linear_problem()
+    A_d, B_d, Q_d = van_loan(A, B, Q, dt)
+    dynamics = ContinuousDynamics(LinearField(A, B), 4, dt=dt, **solver)
+    batch_Q = Q.expand(3, 4, 4)
+    with torch.no_grad():
+        next_mean, next_cov, Phi = dynamics.propagate_belief(mean, cov, u, batch_Q)
+        assert_relative(next_mean, mean @ A_d.T + u @ B_d.T, tol)
+        assert_relative(Phi, A_d.expand(3, 4, 4), tol)
+        assert_relative(next_cov, A_d @ cov @ A_d.T + Q_d, tol)
+        assert torch.equal(next_cov, next_cov.mT)
+        assert_relative(dynamics(mean, u), mean @ A_d.T + u @ B_d.T, tol)
+        mean_only, Phi_only = dynamics.value_and_jacobian(mean, u)
+        assert_relative(mean_only, mean @ A_d.T + u @ B_d.T, tol)
+        assert_relative(Phi_only, A_d.expand(3, 4, 4), tol)
+
+
+def test_linear_step_without_controls_and_shared_Q():
+    A, B, Q, dt, mean, cov, _ = linear_problem(n=3)
+    A_d, _, Q_d = van_loan(A, B, Q, dt)
+    dynamics = ContinuousDynamics(LinearField(A), 3, dt=dt, **TIGHT)
+    with torch.no_grad():
+        next_mean, next_cov, Phi = dynamics.propagate_belief(mean, cov, None, Q)
+    torch.testing.assert_close(next_mean, mean @ A_d.T, rtol=0, atol=1e-9)
+    torch.testing.assert_close(next_cov, A_d @ cov @ A_d.T + Q_d, rtol=0, atol=1e-9)
+    torch.testing.assert_close(Phi, A_d.expand(3, 3, 3), rtol=0, atol=1e-9)
+
+
+def test_filter_smoother_predictor_match_exact_discretisation():
+    n, m, p, batch, T, dt = 3, 2, 2, 3, 7, 0.2
+    A, B, Q, _, _, _, _ = linear_problem(n=n, m=m, dt=dt, seed=1)
+    A_d, B_d, Q_d = van_loan(A, B, Q, dt)
+    C = torch.randn(p, n, **F64)
+
+    def discrete(z, u):
+        return z @ A_d.T + u @ B_d.T
+
+    def observe(z):
+        return z @ C.T
+
+    continuous = ContinuousDynamics(LinearField(A, B), n, dt=dt, **TIGHT)
+    y, u = torch.randn(batch, T, p, **F64), torch.randn(batch, T, m, **F64)
+    mask = torch.ones(batch, T, dtype=torch.bool)
+    mask[0, 2], mask[2, 4:6] = False, False
+    common = dict(mu0=torch.randn(n, **F64), P0=random_spd(n, n), R=random_spd(p, p, scale=0.1), u=u, mask=mask)
+    with torch.no_grad():
+        got = ekf_filter(continuous, observe, y, Q=Q, **common)
+        expected = ekf_filter(discrete, observe, y, Q=Q_d, **common)
+        for name, a, b in zip(got._fields, got, expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"filter field {name}")
+        got_s = rts_smoother(continuous, got, Q, u)
+        expected_s = rts_smoother(discrete, expected, Q_d, u)
+        for name, a, b in zip(got_s._fields, got_s, expected_s):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"smoother field {name}")
+        start = (got_s.smoothed_means[:, 0], got_s.smoothed_covs[:, 0])
+        got_p = ekf_predict(continuous, observe, *start, Q, common["R"], T, u=u)
+        expected_p = ekf_predict(discrete, observe, *start, Q_d, common["R"], T, u=u)
+        for name, a, b in zip(got_p._fields, got_p, expected_p):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"predictor field {name}")
+
+
+def rk4_time_update(field, sub_steps=2):
+    return ContinuousDynamics(field, 2, dt=0.2, method="rk4", options={"step_size": 0.2 / sub_steps})
+
+
+@pytest.mark.parametrize("field_class", [VanDerPol, VanDerPolByHand])
+def test_gradcheck_time_update(field_class):
+    torch.manual_seed(2)
+
+    def time_update(mean, cov_factor, u, Q_factor, mu):
+        field = field_class()
+        del field.mu
+        field.mu = mu  # the parameter replaced by a gradcheck input
+        return rk4_time_update(field).propagate_belief(mean, cov_factor @ cov_factor.mT, u, Q_factor @ Q_factor.mT)
+
+    def mean_and_transition(mean, u, mu):
+        field = field_class()
+        del field.mu
+        field.mu = mu
+        return rk4_time_update(field).value_and_jacobian(mean, u)
+
+    inputs = (torch.randn(2, 2, **F64), torch.randn(2, 2, 2, **F64), torch.randn(2, 1, **F64),
+              torch.randn(2, 2, **F64), torch.tensor(1.3, **F64))
+    inputs = tuple(x.requires_grad_() for x in inputs)
+    assert torch.autograd.gradcheck(time_update, inputs)
+    assert torch.autograd.gradcheck(mean_and_transition, (inputs[0], inputs[2], inputs[4]))
+
+
+def test_adaptive_gradients_match_fine_fixed_step_gradients():
+    torch.manual_seed(3)
+    mean, cov, u = torch.randn(4, 2, **F64), random_spd(4, 2, 2), torch.randn(4, 1, **F64)
+    Q = random_spd(2, 2, scale=0.1)
+    grads = []
+    for solver in (dict(**TIGHT), dict(method="rk4", options={"step_size": 0.2 / 200})):
+        field = VanDerPolByHand()
+        leaves = [x.clone().requires_grad_() for x in (mean, cov, u, Q)]
+        out = ContinuousDynamics(field, 2, dt=0.2, **solver).propagate_belief(*leaves)
+        (out[0].sin().sum() + out[1].square().sum() + out[2].cos().sum()).backward()
+        grads.append([x.grad for x in leaves] + [field.mu.grad])
+    for adaptive, fine in zip(*grads):
+        assert torch.isfinite(adaptive).all()
+        torch.testing.assert_close(adaptive, fine, rtol=0, atol=1e-8)
+
+
+def test_generic_and_hand_written_jacobians_agree():
+    torch.manual_seed(4)
+    mean, cov, u = 2 * torch.randn(5, 2, **F64), random_spd(5, 2, 2), torch.randn(5, 1, **F64)
+    Q = random_spd(2, 2, scale=0.05)
+    generic = ContinuousDynamics(VanDerPol(), 2, dt=0.1)
+    by_hand = ContinuousDynamics(VanDerPolByHand(), 2, dt=0.1)
+    with torch.no_grad():
+        for a, b in zip(generic.propagate_belief(mean, cov, u, Q), by_hand.propagate_belief(mean, cov, u, Q)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        for a, b in zip(generic.value_and_jacobian(mean, u), by_hand.value_and_jacobian(mean, u)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        y, u_seq = torch.randn(2, 5, 2, **F64), torch.randn(2, 5, 1, **F64)
+        args = dict(mu0=torch.zeros(2, **F64), P0=torch.eye(2, **F64), Q=Q, R=0.01 * torch.eye(2, **F64), u=u_seq)
+        a, b = ekf_filter(generic, torch.sin, y, **args), ekf_filter(by_hand, torch.sin, y, **args)
+        torch.testing.assert_close(a.filtered_covs, b.filtered_covs, rtol=0, atol=1e-10)
+        torch.testing.assert_close(a.log_likelihoods, b.log_likelihoods, rtol=0, atol=1e-10)
+
+
+def test_phi_is_the_jacobian_of_the_step_and_transports_the_covariance():
+    torch.manual_seed(5)
+    mean, cov, u = torch.randn(3, 2, **F64), random_spd(3, 2, 2), torch.randn(3, 1, **F64)
+    fixed = rk4_time_update(VanDerPolByHand(), sub_steps=4)
+    step_jacobian = torch.autograd.functional.jacobian(lambda z: fixed(z, u), mean)  # (B,n,B,n)
+    step_jacobian = step_jacobian.diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(fixed.value_and_jacobian(mean, u)[1], step_jacobian, rtol=0, atol=1e-12)
+        adaptive = ContinuousDynamics(VanDerPolByHand(), 2, dt=0.2, **TIGHT)
+        next_mean, next_cov, Phi = adaptive.propagate_belief(mean, cov, u, torch.zeros(2, 2, **F64))
+        torch.testing.assert_close(next_cov, Phi @ cov @ Phi.mT, rtol=0, atol=1e-9)
+        torch.testing.assert_close(next_mean, fixed(mean, u), rtol=0, atol=1e-5)
+
+
+def test_float32_runs_and_matches_float64():
+    A, B, Q, dt, mean, cov, u = linear_problem()
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        dynamics = ContinuousDynamics(LinearField(A, B), 4, dt=dt, method="rk4", options={"step_size": dt / 8})
+        dynamics = dynamics.to(dtype)
+        results[dtype] = dynamics.propagate_belief(*(x.to(dtype) for x in (mean, cov, u, Q)))
+    for single, double in zip(results[torch.float32], results[torch.float64]):
+        assert single.dtype == torch.float32
+        assert_relative(single.double(), double.detach(), 1e-5)
+
+
+class WrongShape(nn.Module):
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ContinuousDynamics(lambda x: x, 2, dt=0.1), "must be an nn.Module"),
+    (lambda: ContinuousDynamics(VanDerPol(), 0, dt=0.1), "latent_dim must be a positive int"),
+    (lambda: ContinuousDynamics(VanDerPol(), 2, dt=0.0), "dt must be a positive"),
+    (lambda: ContinuousDynamics(VanDerPol(), 2, dt=0.1, method="rk45"), "method must be one of"),
+    (lambda: ContinuousDynamics(VanDerPol(), 2, dt=0.1, rtol=0.0), "rtol and atol must be positive"),
+    (lambda: ContinuousDynamics(VanDerPol(), 2, dt=0.1, options=[("step_size", 0.1)]), "options must be a dict"),
+])
+def test_bad_construction_raises(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: d(torch.zeros(3, **F64), torch.zeros(3, 1, **F64)), r"state must have shape \(B, 2\)"),
+    (lambda d: d(torch.zeros(3, 2, **F64), torch.zeros(4, 1, **F64)), r"u must have shape \(3, m\)"),
+    (lambda d: d(torch.zeros(3, 2, **F64), torch.zeros(3, 1)), "u has dtype"),
+    (lambda d: d.propagate_belief(torch.zeros(3, 2, **F64), torch.eye(3, **F64), torch.zeros(3, 1, **F64),
+                                  torch.eye(2, **F64)), "cov must have shape"),
+    (lambda d: d.propagate_belief(torch.zeros(3, 2, **F64), torch.eye(2, **F64), torch.zeros(3, 1, **F64),
+                                  torch.eye(2)), "Q has dtype"),
+])
+def test_bad_inputs_raise(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(ContinuousDynamics(VanDerPol(), 2, dt=0.1))
+
+
+def test_vector_field_with_wrong_output_shape_raises():
+    dynamics = ContinuousDynamics(WrongShape(), 2, dt=0.1)
+    with pytest.raises(ValueError, match="must return dz/dt of shape"):
+        dynamics(torch.zeros(3, 2, **F64), torch.zeros(3, 1, **F64))
