@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+from naive import naive_filter, naive_smoother
+
 from replay_overshooting.ekf import (
     FilterResult, dynamics_and_jacobian, ekf_filter, ekf_predict, observation_and_jacobian, rts_smoother,
 )
@@ -60,45 +62,6 @@ def problem(B=4, T=7, n=3, p=2, m=2, seed=0):
     Q = torch.diag(torch.tensor([0.05, 0.1, 0.02], **F64))[:n, :n]
     R = torch.tensor([[0.1, 0.03], [0.03, 0.2]], **F64)[:p, :p]
     return y, u, mu0, P0, Q, R
-
-
-def naive_filter(dynamics, observe, y, u, mu0, P0, Q, R):
-    "Per-sample EKF with explicit inverses and the short covariance update: a deliberately simple reference."
-    B, T, _ = y.shape
-    out_means, out_covs, out_pred_means, out_pred_covs, out_ll = [], [], [], [], []
-    for b in range(B):
-        mean, cov = mu0.clone(), P0.clone()
-        fm, fc, pm, pc, ll = [], [], [], [], []
-        for t in range(T):
-            pm.append(mean), pc.append(cov)
-            C = jacobian(lambda z: observe(z[None])[0], mean)
-            y_pred = observe(mean[None])[0]
-            S = C @ cov @ C.T + R
-            K = cov @ C.T @ torch.linalg.inv(S)
-            resid = y[b, t] - y_pred
-            ll.append(torch.distributions.MultivariateNormal(y_pred, S).log_prob(y[b, t]))
-            mean = mean + K @ resid
-            cov = (torch.eye(len(mean), **F64) - K @ C) @ cov
-            fm.append(mean), fc.append(cov)
-            if t < T - 1:
-                A = jacobian(lambda z: dynamics(z[None], u[b, t][None])[0], mean)
-                mean = dynamics(mean[None], u[b, t][None])[0]
-                cov = A @ cov @ A.T + Q
-        out_means.append(torch.stack(fm)), out_covs.append(torch.stack(fc))
-        out_pred_means.append(torch.stack(pm)), out_pred_covs.append(torch.stack(pc)), out_ll.append(torch.stack(ll))
-    return tuple(torch.stack(x) for x in (out_means, out_covs, out_pred_means, out_pred_covs, out_ll))
-
-
-def naive_smoother(dynamics, fm, fc, pm, pc, u):
-    B, T, n = fm.shape
-    sm, sc = fm.clone(), fc.clone()
-    for b in range(B):
-        for t in range(T - 2, -1, -1):
-            A = jacobian(lambda z: dynamics(z[None], u[b, t][None])[0], fm[b, t])
-            G = fc[b, t] @ A.T @ torch.linalg.inv(pc[b, t + 1])
-            sm[b, t] = fm[b, t] + G @ (sm[b, t + 1] - pm[b, t + 1])
-            sc[b, t] = fc[b, t] + G @ (sc[b, t + 1] - pc[b, t + 1]) @ G.T
-    return sm, sc
 
 
 @pytest.mark.parametrize("fast_path", [False, True])
