@@ -1,0 +1,15 @@
+"""Run by tests/test_distributed.py under torchrun: train the tiny example and save this rank's weights."""
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from replay_overshooting.training import ExperimentConfig, train
+
+config = ExperimentConfig.load(sys.argv[1])
+out = Path(sys.argv[2])
+result = train(config, progress=False, run_dir=out / "run")
+rank = dist.get_rank()
+torch.save(result.model.state_dict(), out / f"rank{rank}.pt")
+dist.destroy_process_group()
