@@ -106,20 +106,54 @@ def _check_sequence_inputs(y, u, mask, mu0, P0, Q, R, batch_of=None):
     return B, T, n, p
 
 # %% ../nbs/01_ekf.ipynb
-def _update_step(mean, cov, y_pred, C, R, y, observed, eye):
-    "Joseph-form measurement update. Returns filtered mean/cov and the Cholesky factor of S."
-    CP = C @ cov  # (B,p,n) = C Σ
-    S = torch.baddbmm(R, CP, C.mT)  # C Σ Cᵀ + R
-    L = psd_cholesky(S, name="innovation covariance")
-    Kt = torch.cholesky_solve(CP, L)  # Kᵀ = S⁻¹ C Σ, (B,p,n)
-    new_mean = torch.baddbmm(mean.unsqueeze(1), (y - y_pred).unsqueeze(1), Kt).squeeze(1)
-    IKC = torch.baddbmm(eye, Kt.mT, C, alpha=-1)  # I - K C
-    new_cov = torch.baddbmm(IKC @ cov @ IKC.mT, Kt.mT, R @ Kt)
-    new_cov = symmetrize(new_cov)
+class _KalmanUpdate(torch.autograd.Function):
+    "Joseph-form measurement update with a hand-written backward; returns `(μ', Σ', S, cholesky info)`."
+
+    @staticmethod
+    def forward(ctx, mean, cov, y_pred, C, R, y, robust):
+        CP = C @ cov  # (B,p,n) = C Σ
+        S = torch.baddbmm(R, CP, C.mT)  # C Σ Cᵀ + R
+        if robust:
+            L, info = psd_cholesky(S, name="innovation covariance"), S.new_zeros(S.shape[0], dtype=torch.int32)
+        else:
+            L, info = torch.linalg.cholesky_ex(S)
+        Kt = torch.cholesky_solve(CP, L)  # Kᵀ = S⁻¹ C Σ, (B,p,n)
+        resid = y - y_pred
+        new_mean = torch.baddbmm(mean.unsqueeze(1), resid.unsqueeze(1), Kt).squeeze(1)
+        IKC = torch.baddbmm(torch.eye(C.shape[-1], dtype=C.dtype, device=C.device), Kt.mT, C, alpha=-1)  # I - K C
+        new_cov = symmetrize(torch.baddbmm(IKC @ cov @ IKC.mT, Kt.mT, R @ Kt))
+        ctx.save_for_backward(cov, C, Kt, L, resid, new_cov, IKC)
+        ctx.mark_non_differentiable(info)
+        return new_mean, new_cov, S, info
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mean, grad_cov, grad_S, _):
+        cov, C, Kt, L, resid, new_cov, M = ctx.saved_tensors
+        G, G_S, g = symmetrize(grad_cov), symmetrize(grad_S), grad_mean.unsqueeze(-1)
+        s = torch.cholesky_solve(resid.unsqueeze(-1), L)  # S⁻¹ r, (B,p,1)
+        Ktg = Kt @ g  # Kᵀ μ̄', (B,p,1)
+        GM = G @ M
+        Mtg, Cts = g - C.mT @ Ktg, C.mT @ s
+        outer = Mtg @ Cts.mT
+        grad_cov = torch.baddbmm(M.mT @ GM, C.mT, G_S @ C) + symmetrize(outer)
+        GK = G @ Kt.mT
+        grad_R = torch.baddbmm(G_S, Kt, GK) - symmetrize(Ktg @ s.mT)
+        Kr = Kt.mT @ resid.unsqueeze(-1)
+        grad_C = torch.baddbmm(s @ (new_cov @ g).mT, Ktg, Kr.mT, alpha=-1)
+        grad_C = torch.baddbmm(grad_C, GK.mT, new_cov, alpha=-2)
+        grad_C = torch.baddbmm(grad_C, G_S @ C, cov, alpha=2)
+        grad_y = Ktg.squeeze(-1)
+        return grad_mean, grad_cov, -grad_y, grad_C, grad_R, grad_y, None
+
+
+def _update_step(mean, cov, y_pred, C, R, y, observed, robust):
+    "Measurement update, keeping the prediction where `observed` is False. Returns `(μ', Σ', S, info)`."
+    new_mean, new_cov, S, info = _KalmanUpdate.apply(mean, cov, y_pred, C, R, y, robust)
     if observed is not None:
         new_mean = torch.where(observed[:, None], new_mean, mean)
         new_cov = torch.where(observed[:, None, None], new_cov, cov)
-    return new_mean, new_cov, S, L
+    return new_mean, new_cov, S, info
 
 
 def propagate_belief(
@@ -149,6 +183,20 @@ class FilterResult(NamedTuple):
     log_likelihoods: torch.Tensor  # (B,T) log N(y_t; obs_means_t, obs_covs_t); 0 where masked
 
 
+def _filter_steps(dynamics, observe, ys, us, observed, mean, cov, Q, R, robust):
+    "The filter recursion; returns the per-step quantities as lists and the factorisations' `info` flags."
+    fields = {k: [] for k in ("pm", "pc", "fm", "fc", "ym", "S", "C", "A", "info")}
+    for t in range(len(ys)):
+        y_pred, C = observation_and_jacobian(observe, mean)
+        fields["pm"].append(mean), fields["pc"].append(cov), fields["ym"].append(y_pred), fields["C"].append(C)
+        mean, cov, S, info = _update_step(mean, cov, y_pred, C, R, ys[t], observed[t], robust)
+        fields["fm"].append(mean), fields["fc"].append(cov), fields["S"].append(S), fields["info"].append(info)
+        if t < len(ys) - 1:
+            mean, cov, A = propagate_belief(dynamics, mean, cov, us[t], Q)
+            fields["A"].append(A)
+    return fields
+
+
 def ekf_filter(
     dynamics: Callable,  # `dynamics(z (B,n), u (B,m) | None) -> (B,n)`: the mean of z_{t+1}
     observe: Callable,  # `observe(z (B,n)) -> (B,p)`: the mean of y_t
@@ -162,25 +210,19 @@ def ekf_filter(
 ) -> FilterResult:
     "Extended Kalman filter over a batch of sequences."
     B, T, n, p = _check_sequence_inputs(y, u, mask, mu0, P0, Q, R)
-    eye = torch.eye(n, dtype=y.dtype, device=y.device).expand(B, n, n)
     Q, R = Q.expand(B, n, n), R.expand(B, p, p)
     if mask is not None:
         y = torch.where(mask[..., None], y, torch.zeros((), dtype=y.dtype, device=y.device))
     ys = y.unbind(1)
     us = u.unbind(1) if u is not None else [None] * T
     observed = mask.unbind(1) if mask is not None else [None] * T
-    mean, cov = mu0.expand(B, n), P0.expand(B, n, n)
-    fields = {k: [] for k in ("pm", "pc", "fm", "fc", "ym", "S", "L", "C", "A")}
-    for t in range(T):
-        y_pred, C = observation_and_jacobian(observe, mean)
-        fields["pm"].append(mean), fields["pc"].append(cov), fields["ym"].append(y_pred), fields["C"].append(C)
-        mean, cov, S, L = _update_step(mean, cov, y_pred, C, R, ys[t], observed[t], eye)
-        fields["fm"].append(mean), fields["fc"].append(cov), fields["S"].append(S), fields["L"].append(L)
-        if t < T - 1:
-            mean, cov, A = propagate_belief(dynamics, mean, cov, us[t], Q)
-            fields["A"].append(A)
+    start = (dynamics, observe, ys, us, observed, mu0.expand(B, n), P0.expand(B, n, n), Q, R)
+    fields = _filter_steps(*start, robust=False)
+    if bool(torch.stack(fields.pop("info")).any()):
+        fields = _filter_steps(*start, robust=True)
+        fields.pop("info")
     stacked = {k: torch.stack(v, 1) if v else y.new_zeros(B, 0, n, n) for k, v in fields.items()}
-    log_lik = mvn_log_prob(y, stacked["ym"], scale_tril=stacked["L"])
+    log_lik = mvn_log_prob(y, stacked["ym"], stacked["S"])
     if mask is not None:
         log_lik = log_lik * mask
     return FilterResult(stacked["pm"], stacked["pc"], stacked["fm"], stacked["fc"], stacked["ym"], stacked["S"],
@@ -194,6 +236,42 @@ class SmootherResult(NamedTuple):
     prior_means: torch.Tensor  # (B,T,n) F(smoothed mean t-1, u_t-1); entry 0 is mu0
     prior_covs: torch.Tensor  # (B,T,n,n) Ā Σ_t-1|T Āᵀ + Q; entry 0 is P0
     gains: torch.Tensor  # (B,T-1,n,n) smoother gains G_t
+
+
+class _RTSRecursion(torch.autograd.Function):
+    "The backward recursion of the RTS smoother over all steps, with a hand-written adjoint (forward in time)."
+
+    @staticmethod
+    def forward(ctx, filtered_means, filtered_covs, next_predicted_means, next_predicted_covs, gains):
+        fm, fc = filtered_means.unbind(1), filtered_covs.unbind(1)
+        pm, pc, G = next_predicted_means.unbind(1), next_predicted_covs.unbind(1), gains.unbind(1)
+        means, covs, mean_gaps, cov_gaps = [fm[-1]], [fc[-1]], [], []
+        for t in range(len(G) - 1, -1, -1):
+            mean_gaps.append((means[-1] - pm[t]).unsqueeze(-1))  # μ_t+1|T - μ_t+1|t
+            cov_gaps.append(covs[-1] - pc[t])  # Σ_t+1|T - Σ_t+1|t
+            means.append(torch.baddbmm(fm[t].unsqueeze(-1), G[t], mean_gaps[-1]).squeeze(-1))
+            covs.append(symmetrize(torch.baddbmm(fc[t], G[t] @ cov_gaps[-1], G[t].mT)))
+        ctx.save_for_backward(gains)
+        ctx.mean_gaps, ctx.cov_gaps = mean_gaps[::-1], cov_gaps[::-1]
+        return torch.stack(means[::-1], 1), torch.stack(covs[::-1], 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_means, grad_covs):
+        G = ctx.saved_tensors[0].unbind(1)
+        grad_means, grad_covs = grad_means.unbind(1), symmetrize(grad_covs).unbind(1)
+        carry_mean, carry_cov = grad_means[0].unsqueeze(-1), grad_covs[0]
+        out = {k: [] for k in ("fm", "fc", "pm", "pc", "G")}
+        for t, (d, E) in enumerate(zip(ctx.mean_gaps, ctx.cov_gaps)):
+            out["fm"].append(carry_mean), out["fc"].append(carry_cov)
+            CG = carry_cov @ G[t]
+            out["G"].append(torch.baddbmm(carry_mean @ d.mT, CG, E, alpha=2))
+            grad_gap_mean, grad_gap_cov = G[t].mT @ carry_mean, G[t].mT @ CG
+            out["pm"].append(-grad_gap_mean), out["pc"].append(-grad_gap_cov)
+            carry_mean, carry_cov = grad_means[t + 1].unsqueeze(-1) + grad_gap_mean, grad_covs[t + 1] + grad_gap_cov
+        out["fm"].append(carry_mean), out["fc"].append(carry_cov)
+        stacked = {k: torch.stack(v, 1) for k, v in out.items()}
+        return (stacked["fm"].squeeze(-1), stacked["fc"], stacked["pm"].squeeze(-1), stacked["pc"], stacked["G"])
 
 
 def rts_smoother(
@@ -216,12 +294,7 @@ def rts_smoother(
         return SmootherResult(fm, fc, pm, pc, fc.new_zeros(B, 0, n, n))
     L_pred = psd_cholesky(pc[:, 1:], name="predicted covariance")
     gains = torch.cholesky_solve(filtered.dynamics_jacobians @ fc[:, :-1], L_pred).mT  # (B,T-1,n,n)
-    G, fm_t, fc_t, pm_t, pc_t = (x.unbind(1) for x in (gains, fm, fc, pm, pc))
-    means, covs = [fm_t[-1]], [fc_t[-1]]
-    for t in range(T - 2, -1, -1):
-        means.append(fm_t[t] + (G[t] @ (means[-1] - pm_t[t + 1]).unsqueeze(-1)).squeeze(-1))
-        covs.append(symmetrize(torch.baddbmm(fc_t[t], G[t] @ (covs[-1] - pc_t[t + 1]), G[t].mT)))
-    smoothed_means, smoothed_covs = torch.stack(means[::-1], 1), torch.stack(covs[::-1], 1)
+    smoothed_means, smoothed_covs = _RTSRecursion.apply(fm, fc, pm[:, 1:], pc[:, 1:], gains)
     prev_means = smoothed_means[:, :-1].reshape(B * (T - 1), n)
     prev_u = u[:, :-1].reshape(B * (T - 1), -1) if u is not None else None
     Q_rep = Q.expand(B, n, n).repeat_interleave(T - 1, 0)

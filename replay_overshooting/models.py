@@ -6,8 +6,9 @@
 __all__ = ['MLP', 'PositiveDefinite', 'ResidualDynamics', 'LinearEnsembleDynamics', 'Forecast', 'EKFModel']
 
 # %% ../nbs/03_models.ipynb
+import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +18,115 @@ from .continuous import ContinuousDynamics
 from replay_overshooting.ekf import (
     FilterResult, PredictResult, SmootherResult, ekf_filter, ekf_predict, rts_smoother,
 )
-from .gaussian import mvn_sample
+from .gaussian import mvn_sample, symmetrize
 
 # %% ../nbs/03_models.ipynb
 _ACTIVATIONS = ("softplus", "tanh", "relu")
+
+
+def _activate(a, activation, beta):
+    "The activation `σ(a)` and its slope `σ'(a)`."
+    if activation == "softplus":
+        return F.softplus(a, beta=beta), torch.sigmoid(a * beta)
+    if activation == "tanh":
+        h = torch.tanh(a)
+        return h, 1 - h * h
+    return torch.relu(a), (a > 0).to(a.dtype)
+
+
+def _curvature(h, d, activation, beta):
+    "The second derivative `σ''(a)` from `h = σ(a)` and `d = σ'(a)`; None for ReLU (zero almost everywhere)."
+    if activation == "softplus":
+        return beta * d * (1 - d)
+    if activation == "tanh":
+        return -2 * h * d
+    return None
+
+
+def _mlp_forward(x, wrt, weights, biases, activation, beta):
+    "Output, Jacobian with respect to the first `wrt` inputs, and what `_mlp_backward` needs (plain tensor code)."
+    hs, slopes = [x], []
+    for W, b in zip(weights[:-1], biases[:-1]):
+        h, d = _activate(F.linear(hs[-1], W, b), activation, beta)
+        hs.append(h), slopes.append(d.unsqueeze(-2))
+    out = F.linear(hs[-1], weights[-1], biases[-1])
+    reverse = weights[-1].shape[0] <= wrt  # carry the smaller side of the chain as rows `(B, k, H)`
+    if reverse:  # J = W_L D_L-1 ⋯ D_1 W_1[:, :wrt], rows of J carried down: Y ← (Y D) W
+        Y, mats, chain_slopes = weights[-1], [*weights[-2:0:-1], weights[0][:, :wrt]], slopes[::-1]
+    else:  # rows of Jᵀ carried up: Y ← (Y D) Wᵀ
+        Y, mats, chain_slopes = weights[0][:, :wrt].mT, weights[1:], slopes
+    befores, afters = [], []
+    for M, d in zip(mats, chain_slopes):
+        befores.append(Y)
+        Y = Y * d
+        afters.append(Y)
+        Y = Y @ M if reverse else F.linear(Y, M)
+    saved = (hs, slopes, mats, chain_slopes, befores, afters, reverse)
+    return out, Y if reverse else Y.mT, saved
+
+
+def _mlp_backward(saved, weights, grad_out, grad_J, activation, beta):
+    "Gradients `∂ℓ/∂x`, `[∂ℓ/∂W]`, `[∂ℓ/∂b]` of `_mlp_forward` from those of its output and Jacobian."
+    hs, slopes, mats, chain_slopes, befores, afters, reverse = saved
+    grad, chain_grads, slope_grads = (grad_J if reverse else grad_J.mT), [], []
+    for M, d, before, after in zip(mats[::-1], chain_slopes[::-1], befores[::-1], afters[::-1]):
+        chain_grads.append(torch.tensordot(after, grad, ([0, 1], [0, 1])) if reverse
+                           else torch.tensordot(grad, after, ([0, 1], [0, 1])))
+        grad = F.linear(grad, M) if reverse else grad @ M  # ∂ℓ/∂(rows after D)
+        slope_grads.append((grad * before).sum(-2))
+        grad = grad * d
+    first_grad = grad.sum(0)  # of W_L (reverse) or W_1[:, :wrt]ᵀ (forward)
+    if reverse:  # chain_grads hold W_1[:, :wrt], W_2, ..., W_L-1 and first_grad W_L
+        jac_grads, first_layer_grad = [None, *chain_grads[1:], first_grad], chain_grads[0]
+    else:  # chain_grads hold W_L, ..., W_2 and first_grad W_1[:, :wrt]ᵀ
+        jac_grads, first_layer_grad, slope_grads = [None, *chain_grads[::-1]], first_grad.mT, slope_grads[::-1]
+    grad_W, grad_b = [None] * len(weights), [None] * len(weights)
+    grad_a = grad_out
+    for k in range(len(weights) - 1, 0, -1):
+        grad_W[k] = torch.addmm(jac_grads[k], grad_a.mT, hs[k])
+        grad_b[k] = grad_a.sum(0)
+        grad_h = grad_a @ weights[k]
+        d = slopes[k - 1].squeeze(-2)
+        grad_a = grad_h * d
+        curvature = _curvature(hs[k], d, activation, beta)
+        if curvature is not None:
+            grad_a = torch.addcmul(grad_a, slope_grads[k - 1], curvature)
+    grad_W[0], grad_b[0] = grad_a.mT @ hs[0], grad_a.sum(0)
+    grad_W[0][:, :grad_J.shape[-1]] += first_layer_grad
+    return grad_a @ weights[0], grad_W, grad_b
+
+
+class _Kernels(NamedTuple):
+    "The plain-tensor forward and backward of an MLP's value and Jacobian, eager or compiled."
+    forward: Callable
+    backward: Callable
+
+
+_EAGER_KERNELS = _Kernels(_mlp_forward, _mlp_backward)
+
+
+@functools.cache
+def _compiled_kernels() -> _Kernels:
+    "`_mlp_forward` and `_mlp_backward` through `torch.compile` (built once; each new input shape compiles anew)."
+    return _Kernels(torch.compile(_mlp_forward, dynamic=False), torch.compile(_mlp_backward, dynamic=False))
+
+
+class _MLPValueAndJacobian(torch.autograd.Function):
+    "`_mlp_forward` as one autograd node whose backward is `_mlp_backward`."
+
+    @staticmethod
+    def forward(ctx, x, wrt, activation, beta, kernels, *params):
+        out, J, saved = kernels.forward(x, wrt, params[0::2], params[1::2], activation, beta)
+        ctx.save_for_backward(*params)
+        ctx.saved, ctx.activation, ctx.beta, ctx.kernels = saved, activation, beta, kernels
+        return out, J
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_J):
+        weights = ctx.saved_tensors[0::2]
+        grad_x, grad_W, grad_b = ctx.kernels.backward(ctx.saved, weights, grad_out, grad_J, ctx.activation, ctx.beta)
+        return (grad_x, None, None, None, None, *(g for pair in zip(grad_W, grad_b) for g in pair))
 
 
 class MLP(nn.Module):
@@ -35,6 +141,7 @@ class MLP(nn.Module):
         layers: int = 3,  # number of hidden layers
         activation: str = "softplus",  # one of "softplus", "tanh", "relu"
         beta: float = 2.0,  # softplus sharpness
+        compile: bool = False,  # run `value_and_jacobian`'s forward and backward through `torch.compile`
     ):
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -44,45 +151,29 @@ class MLP(nn.Module):
         sizes = [in_dim] + [hidden] * layers + [out_dim]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.in_dim, self.out_dim, self.activation, self.beta = in_dim, out_dim, activation, beta
+        self.kernels = _compiled_kernels() if compile else _EAGER_KERNELS
 
-    def _act(self, a, with_derivative):
-        if self.activation == "softplus":
-            h = F.softplus(a, beta=self.beta)
-            return h, torch.sigmoid(a * self.beta) if with_derivative else None
-        if self.activation == "tanh":
-            h = torch.tanh(a)
-            return h, 1 - h * h if with_derivative else None
-        h = torch.relu(a)
-        return h, (a > 0).to(a.dtype) if with_derivative else None
+    def parameter_list(self) -> list[torch.Tensor]:
+        "Weights and biases in layer order, `[W_1, b_1, ..., W_L, b_L]`."
+        return [p for linear in self.linears for p in (linear.weight, linear.bias)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "`(B, in_dim) -> (B, out_dim)`."
-        for linear in self.linears[:-1]:
-            x = self._act(linear(x), False)[0]
-        return self.linears[-1](x)
+        *hidden, last = self.linears
+        for linear in hidden:
+            x = _activate(linear(x), self.activation, self.beta)[0]
+        return last(x)
 
     def value_and_jacobian(
         self,
         x: torch.Tensor,  # inputs `(B, in_dim)`
         wrt: int | None = None,  # differentiate with respect to the first `wrt` inputs (default: all)
     ) -> tuple[torch.Tensor, torch.Tensor]:  # outputs `(B, out_dim)` and Jacobians `(B, out_dim, wrt)`
-        "Outputs and their Jacobian with respect to the first `wrt` inputs, in one pass."
+        "Outputs and their Jacobian with respect to the first `wrt` inputs, in one pass and one autograd node."
+        if x.ndim != 2 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
         wrt = self.in_dim if wrt is None else wrt
-        derivatives, h = [], x
-        for linear in self.linears[:-1]:
-            h, d = self._act(linear(h), True)
-            derivatives.append(d)
-        out = self.linears[-1](h)
-        weights = [lin.weight for lin in self.linears]
-        if self.out_dim <= wrt:  # reverse: carry (B, out, H) down
-            J = weights[-1] * derivatives[-1].unsqueeze(1)
-            for W, d in zip(weights[-2:0:-1], derivatives[-2::-1]):
-                J = (J @ W) * d.unsqueeze(1)
-            return out, J @ weights[0][:, :wrt]
-        J = derivatives[0].unsqueeze(-1) * weights[0][:, :wrt]  # forward: carry (B, H, k) up
-        for W, d in zip(weights[1:-1], derivatives[1:]):
-            J = d.unsqueeze(-1) * (W @ J)
-        return out, weights[-1] @ J
+        return _MLPValueAndJacobian.apply(x, wrt, self.activation, self.beta, self.kernels, *self.parameter_list())
 
 # %% ../nbs/03_models.ipynb
 class PositiveDefinite(nn.Module):
@@ -124,6 +215,35 @@ def _join(z, u, ctrl_dim):
     return torch.cat([z, u], -1)
 
 
+class _ResidualTimeUpdate(torch.autograd.Function):
+    "`F(μ,u) = μ + f([μ,u])`, `A Σ Aᵀ + Q` and `A = I + ∂f/∂z` as one autograd node."
+
+    @staticmethod
+    def forward(ctx, mean, cov, u, Q, activation, beta, kernels, *params):
+        n = mean.shape[-1]
+        x = mean if u is None else torch.cat([mean, u], -1)
+        out, J, saved = kernels.forward(x, n, params[0::2], params[1::2], activation, beta)
+        A = J + torch.eye(n, dtype=J.dtype, device=J.device)
+        next_cov = symmetrize(torch.baddbmm(Q, A @ cov, A.mT))
+        ctx.save_for_backward(cov, A, *params)
+        ctx.saved, ctx.activation, ctx.beta, ctx.kernels = saved, activation, beta, kernels
+        return mean + out, next_cov, A
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mean, grad_cov, grad_A):
+        cov, A, *params = ctx.saved_tensors
+        G = symmetrize(grad_cov)
+        GA = G @ A
+        grad_A = torch.baddbmm(grad_A, GA, cov, alpha=2)  # Ā + 2 sym(Σ̄') A Σ
+        grad_x, grad_W, grad_b = ctx.kernels.backward(ctx.saved, params[0::2], grad_mean, grad_A, ctx.activation,
+                                                      ctx.beta)
+        n = grad_mean.shape[-1]
+        grad_u = grad_x[:, n:] if grad_x.shape[-1] > n else None
+        return (grad_x[:, :n] + grad_mean, A.mT @ GA, grad_u, G, None, None, None,
+                *(g for pair in zip(grad_W, grad_b) for g in pair))
+
+
 class ResidualDynamics(nn.Module):
     "Discrete-time residual dynamics `F(z, u) = z + f([z, u])`, `(B,n), (B,m) -> (B,n)`."
 
@@ -140,15 +260,32 @@ class ResidualDynamics(nn.Module):
         out, J = self.f.value_and_jacobian(_join(z, u, self.ctrl_dim), self.latent_dim)
         return z + out, J + torch.eye(self.latent_dim, dtype=z.dtype, device=z.device)
 
+    def propagate_belief(
+        self,
+        mean: torch.Tensor,  # `(B, n)`
+        cov: torch.Tensor,  # `(B, n, n)`
+        u: torch.Tensor | None,  # `(B, m)`, or None without controls
+        Q: torch.Tensor,  # `(n, n)` or `(B, n, n)`
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # next mean `(B,n)`, covariance `(B,n,n)`, `A` `(B,n,n)`
+        "The EKF time update `F(μ,u)`, `A Σ Aᵀ + Q`, `A = ∂F/∂z`, as one autograd node."
+        B, n = mean.shape
+        if cov.shape != (B, n, n):
+            raise ValueError(f"cov must have shape ({B}, {n}, {n}) to match the mean, got {tuple(cov.shape)}")
+        if self.ctrl_dim and u is None:
+            raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
+        u = u if self.ctrl_dim else None
+        return _ResidualTimeUpdate.apply(mean, cov, u, Q.expand(B, n, n), self.f.activation, self.f.beta,
+                                         self.f.kernels, *self.f.parameter_list())
+
 
 class LinearEnsembleDynamics(nn.Module):
     "LE-EKF dynamics `F(z,u) = A(z) z + B(z) u`, with `A`, `B` convex mixtures of `ensemble_size` learned matrices."
 
     def __init__(self, latent_dim: int, ctrl_dim: int = 0, *, ensemble_size: int = 10, hidden: int = 32,
-                 layers: int = 2, activation: str = "softplus", beta: float = 2.0):
+                 layers: int = 2, activation: str = "softplus", beta: float = 2.0, compile: bool = False):
         super().__init__()
         n, m, K = latent_dim, ctrl_dim, ensemble_size
-        self.mixer = MLP(n, K, hidden=hidden, layers=layers, activation=activation, beta=beta)
+        self.mixer = MLP(n, K, hidden=hidden, layers=layers, activation=activation, beta=beta, compile=compile)
         self.A = nn.Parameter(torch.eye(n) + 0.01 * torch.randn(K, n, n))
         self.B = nn.Parameter(0.1 * torch.randn(K, n, m) / math.sqrt(max(m, 1)))
         self.latent_dim, self.ctrl_dim = n, m
@@ -209,6 +346,7 @@ class EKFModel(nn.Module):
         ode_method: str = "dopri5",
         rtol: float = 1e-7,
         atol: float = 1e-9,
+        compile: bool = False,  # compile the MLPs' fused value-and-Jacobian kernels with `torch.compile`
     ):
         super().__init__()
         if dynamics not in _DYNAMICS:
@@ -218,7 +356,7 @@ class EKFModel(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(ctrl_dim, int) or ctrl_dim < 0:
             raise ValueError(f"ctrl_dim must be a non-negative int, got {ctrl_dim!r}")
-        mlp = dict(hidden=hidden, layers=layers, activation=activation)
+        mlp = dict(hidden=hidden, layers=layers, activation=activation, compile=compile)
         if dynamics == "discrete":
             self.dynamics = ResidualDynamics(latent_dim, ctrl_dim, **mlp)
         elif dynamics == "continuous":
@@ -226,7 +364,7 @@ class EKFModel(nn.Module):
             self.dynamics = ContinuousDynamics(field, latent_dim, dt=dt, method=ode_method, rtol=rtol, atol=atol)
         else:
             self.dynamics = LinearEnsembleDynamics(latent_dim, ctrl_dim, ensemble_size=ensemble_size,
-                                                   activation=activation)
+                                                   activation=activation, compile=compile)
         self.observation = MLP(latent_dim, obs_dim, **mlp)
         self.initial_mean = nn.Parameter(torch.zeros(latent_dim), requires_grad=learn_initial_mean)
         self.initial_cov = PositiveDefinite(latent_dim, initial_variance=1.0, structure=noise)

@@ -1,0 +1,115 @@
+"""Speed of one whole training iteration: objective `vro` + backward + `torch.optim.Adam` step.
+
+Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [--compile]
+
+Prints one JSON line per measurement, then a table:
+  train_vdp, train_push, train_pend      the SPEC §10 configurations, beside the reference times;
+  train_*_compiled                       the same with `EKFModel(compile=True)` (with --compile; `compile_s`
+                                         is the time of the first iterations, which compile the kernels);
+  train_push_ct, train_push_le           continuous-time and linear-ensemble (K = 100) push models;
+  sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
+                                         default, all 18 points with --full), and on CUDA when available.
+Every CPU measurement uses one thread and is the median of `--repeats` timed iterations after warm-up.
+"""
+import argparse
+import itertools
+import time
+
+import torch
+
+from common import CONFIGS, REFERENCE_SECONDS, count_ops, report, time_it
+from replay_overshooting.models import EKFModel
+from replay_overshooting.objectives import vro
+
+SWEEP_FULL = list(itertools.product((50, 200, 1000), (16, 256, 1024), (8, 32)))
+SWEEP_DEFAULT = [(50, 16, 8), (200, 16, 8), (1000, 16, 8), (50, 256, 8), (50, 1024, 8), (50, 16, 32), (200, 256, 32)]
+
+
+def training_step(model, y, u):
+    "One iteration at full loss weights (iteration past burn-in and KL anneal), as SPEC §10 times it."
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = vro(model, y, u, iteration=10**6)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def problem(*, latent_dim, obs_dim, ctrl_dim, T, batch, hidden, device="cpu", **model_options):
+    "A model and random data `y (B,T,p)`, `u (B,T,m)` for one configuration."
+    torch.manual_seed(0)
+    model = EKFModel(latent_dim, obs_dim, ctrl_dim, hidden=hidden, **model_options).to(device)
+    y = torch.randn(batch, T, obs_dim, device=device)
+    u = torch.randn(batch, T, ctrl_dim, device=device) if ctrl_dim else None
+    return model, y, u
+
+
+def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **model_options):
+    "Time one configuration, print its JSON line and return (name, median, reference, ops)."
+    model, y, u = problem(**cfg, **model_options)
+    step = training_step(model, y, u)
+    extra = {}
+    if model_options.get("compile"):
+        start = time.perf_counter()
+        step(), step()
+        extra["compile_s"] = round(time.perf_counter() - start, 1)
+    med, lo, hi = time_it(step, warmup=warmup, repeats=repeats)
+    ops = count_ops(step) if with_ops else None
+    if reference is not None:
+        extra.update(reference_s=reference, speedup=round(reference / med, 2))
+    report(name, med, lo, hi, ops=ops, **extra)
+    return name, med, reference, ops
+
+
+def sweep(points, *, repeats, device):
+    "The push DT-EKF over (T, B, n); returns table rows."
+    rows = []
+    for T, B, n in points:
+        cfg = dict(CONFIGS["push"], T=T, batch=B, latent_dim=n, device=device)
+        model, y, u = problem(**cfg)
+        step = training_step(model, y, u)
+        if device == "cuda":
+            inner = step
+
+            def step():
+                inner()
+                torch.cuda.synchronize()
+        med, lo, hi = time_it(step, warmup=1, repeats=repeats)
+        report("sweep", med, lo, hi, device=device, T=T, batch=B, latent_dim=n)
+        rows.append((f"sweep {device} T={T} B={B} n={n}", med, None, None))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15, help="timed iterations per configuration (>= 10)")
+    parser.add_argument("--full", action="store_true", help="all 18 sweep points instead of a subset")
+    parser.add_argument("--skip-sweep", action="store_true", help="leave out the scaling sweep")
+    parser.add_argument("--compile", action="store_true", help="also time EKFModel(compile=True)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for name, cfg in CONFIGS.items():
+        rows.append(measure(f"train_{name}", cfg, repeats=args.repeats, reference=REFERENCE_SECONDS[name]))
+    if args.compile:
+        for name, cfg in CONFIGS.items():
+            rows.append(measure(f"train_{name}_compiled", cfg, repeats=args.repeats,
+                                reference=REFERENCE_SECONDS[name], compile=True))
+    rows.append(measure("train_push_ct", CONFIGS["push"], repeats=3, warmup=1, with_ops=False, dynamics="continuous"))
+    rows.append(measure("train_push_le", CONFIGS["push"], repeats=max(3, args.repeats // 3), dynamics="ensemble",
+                        ensemble_size=100))
+    if not args.skip_sweep:
+        points = SWEEP_FULL if args.full else SWEEP_DEFAULT
+        rows += sweep(points, repeats=3, device="cpu")
+        if torch.cuda.is_available():
+            rows += sweep(points, repeats=5, device="cuda")
+    print("\n| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
+    for name, med, ref, ops in rows:
+        speedup = f"{ref / med:.1f}x" if ref else ""
+        print(f"| {name} | {med:.4f} | {ref or ''} | {speedup} | {ops or ''} |")
+
+
+if __name__ == "__main__":
+    main()
