@@ -16,7 +16,7 @@ from torch import nn
 
 from .continuous import ContinuousDynamics
 from replay_overshooting.ekf import (
-    FilterResult, PredictResult, SmootherResult, ekf_filter, ekf_predict, rts_smoother,
+    FilterResult, PredictResult, SmootherResult, ekf_filter, ekf_predict, rts_smoother, vmap_forward,
 )
 from .gaussian import mvn_sample, symmetrize
 
@@ -43,6 +43,14 @@ def _curvature(h, d, activation, beta):
     return None
 
 
+def _chain(weights, slopes, wrt):
+    "Which side the Jacobian chain is carried from, its matrices and its slopes, in carrying order."
+    reverse = weights[-1].shape[0] <= wrt  # carry the smaller side of the chain as rows `(B, k, H)`
+    if reverse:  # J = W_L D_L-1 ⋯ D_1 W_1[:, :wrt], rows of J carried down: Y ← (Y D) W
+        return reverse, weights[-1], [*weights[-2:0:-1], weights[0][:, :wrt]], slopes[::-1]
+    return reverse, weights[0][:, :wrt].mT, weights[1:], slopes  # rows of Jᵀ carried up: Y ← (Y D) Wᵀ
+
+
 def _mlp_forward(x, wrt, weights, biases, activation, beta):
     "Output, Jacobian with respect to the first `wrt` inputs, and what `_mlp_backward` needs (plain tensor code)."
     hs, slopes = [x], []
@@ -50,11 +58,7 @@ def _mlp_forward(x, wrt, weights, biases, activation, beta):
         h, d = _activate(F.linear(hs[-1], W, b), activation, beta)
         hs.append(h), slopes.append(d.unsqueeze(-2))
     out = F.linear(hs[-1], weights[-1], biases[-1])
-    reverse = weights[-1].shape[0] <= wrt  # carry the smaller side of the chain as rows `(B, k, H)`
-    if reverse:  # J = W_L D_L-1 ⋯ D_1 W_1[:, :wrt], rows of J carried down: Y ← (Y D) W
-        Y, mats, chain_slopes = weights[-1], [*weights[-2:0:-1], weights[0][:, :wrt]], slopes[::-1]
-    else:  # rows of Jᵀ carried up: Y ← (Y D) Wᵀ
-        Y, mats, chain_slopes = weights[0][:, :wrt].mT, weights[1:], slopes
+    reverse, Y, mats, chain_slopes = _chain(weights, slopes, wrt)
     befores, afters = [], []
     for M, d in zip(mats, chain_slopes):
         befores.append(Y)
@@ -63,6 +67,21 @@ def _mlp_forward(x, wrt, weights, biases, activation, beta):
         Y = Y @ M if reverse else F.linear(Y, M)
     saved = (hs, slopes, mats, chain_slopes, befores, afters, reverse)
     return out, Y if reverse else Y.mT, saved
+
+
+def _flatten_saved(saved):
+    "The tensors of `_mlp_forward`'s `saved` not rebuilt from its inputs: `hs[1:]`, slopes, `befores[1:]`, afters."
+    hs, slopes, _, _, befores, afters, _ = saved
+    return (*hs[1:], *slopes, *befores[1:], *afters)
+
+
+def _rebuild_saved(x, flat, weights, wrt):
+    "`_mlp_forward`'s `saved` from its input `x`, the weights and the tensors `_flatten_saved` kept."
+    layers = len(weights) - 1
+    hs, slopes = [x, *flat[:layers]], list(flat[layers:2 * layers])
+    reverse, first, mats, chain_slopes = _chain(weights, slopes, wrt)
+    befores, afters = [first, *flat[2 * layers:3 * layers - 1]], list(flat[3 * layers - 1:])
+    return hs, slopes, mats, chain_slopes, befores, afters, reverse
 
 
 def _mlp_backward(saved, weights, grad_out, grad_J, activation, beta):
@@ -112,20 +131,32 @@ def _compiled_kernels() -> _Kernels:
 
 
 class _MLPValueAndJacobian(torch.autograd.Function):
-    "`_mlp_forward` as one autograd node whose backward is `_mlp_backward`."
+    "`_mlp_forward` as one autograd node whose backward is `_mlp_backward`; returns `(out, J, *saved tensors)`."
 
     @staticmethod
-    def forward(ctx, x, wrt, activation, beta, kernels, *params):
+    def forward(x, wrt, activation, beta, kernels, *params):
         out, J, saved = kernels.forward(x, wrt, params[0::2], params[1::2], activation, beta)
-        ctx.save_for_backward(*params)
-        ctx.saved, ctx.activation, ctx.beta, ctx.kernels = saved, activation, beta, kernels
-        return out, J
+        return out, J, *_flatten_saved(saved)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, wrt, activation, beta, kernels, *params = inputs
+        flat = output[2:]
+        ctx.mark_non_differentiable(*flat)
+        ctx.save_for_backward(x, *params, *flat)
+        ctx.wrt, ctx.num_params, ctx.activation, ctx.beta, ctx.kernels = wrt, len(params), activation, beta, kernels
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_forward(_MLPValueAndJacobian.forward, info, in_dims, args)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out, grad_J):
-        weights = ctx.saved_tensors[0::2]
-        grad_x, grad_W, grad_b = ctx.kernels.backward(ctx.saved, weights, grad_out, grad_J, ctx.activation, ctx.beta)
+    def backward(ctx, grad_out, grad_J, *_):
+        x, *rest = ctx.saved_tensors
+        weights, flat = rest[:ctx.num_params:2], rest[ctx.num_params:]
+        saved = _rebuild_saved(x, flat, weights, ctx.wrt)
+        grad_x, grad_W, grad_b = ctx.kernels.backward(saved, weights, grad_out, grad_J, ctx.activation, ctx.beta)
         return (grad_x, None, None, None, None, *(g for pair in zip(grad_W, grad_b) for g in pair))
 
 
@@ -173,7 +204,8 @@ class MLP(nn.Module):
         if x.ndim != 2 or x.shape[-1] != self.in_dim:
             raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
         wrt = self.in_dim if wrt is None else wrt
-        return _MLPValueAndJacobian.apply(x, wrt, self.activation, self.beta, self.kernels, *self.parameter_list())
+        outputs = _MLPValueAndJacobian.apply(x, wrt, self.activation, self.beta, self.kernels, *self.parameter_list())
+        return outputs[0], outputs[1]
 
 # %% ../nbs/03_models.ipynb
 class PositiveDefinite(nn.Module):
@@ -216,29 +248,40 @@ def _join(z, u, ctrl_dim):
 
 
 class _ResidualTimeUpdate(torch.autograd.Function):
-    "`F(μ,u) = μ + f([μ,u])`, `A Σ Aᵀ + Q` and `A = I + ∂f/∂z` as one autograd node."
+    "`F(μ,u) = μ + f([μ,u])`, `A Σ Aᵀ + Q`, `A = I + ∂f/∂z` as one autograd node; returns `(F, AΣAᵀ+Q, A, *saved)`."
 
     @staticmethod
-    def forward(ctx, mean, cov, u, Q, activation, beta, kernels, *params):
+    def forward(mean, cov, u, Q, activation, beta, kernels, *params):
         n = mean.shape[-1]
         x = mean if u is None else torch.cat([mean, u], -1)
         out, J, saved = kernels.forward(x, n, params[0::2], params[1::2], activation, beta)
         A = J + torch.eye(n, dtype=J.dtype, device=J.device)
         next_cov = symmetrize(torch.baddbmm(Q, A @ cov, A.mT))
-        ctx.save_for_backward(cov, A, *params)
-        ctx.saved, ctx.activation, ctx.beta, ctx.kernels = saved, activation, beta, kernels
-        return mean + out, next_cov, A
+        return mean + out, next_cov, A, *_flatten_saved(saved)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mean, cov, u, Q, activation, beta, kernels, *params = inputs
+        flat = output[3:]
+        ctx.mark_non_differentiable(*flat)
+        ctx.save_for_backward(mean, cov, u, output[2], *params, *flat)
+        ctx.num_params, ctx.activation, ctx.beta, ctx.kernels = len(params), activation, beta, kernels
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return vmap_forward(_ResidualTimeUpdate.forward, info, in_dims, args)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_mean, grad_cov, grad_A):
-        cov, A, *params = ctx.saved_tensors
+    def backward(ctx, grad_mean, grad_cov, grad_A, *_):
+        mean, cov, u, A, *rest = ctx.saved_tensors
+        weights, flat = rest[:ctx.num_params:2], rest[ctx.num_params:]
+        n = mean.shape[-1]
+        saved = _rebuild_saved(mean if u is None else torch.cat([mean, u], -1), flat, weights, n)
         G = symmetrize(grad_cov)
         GA = G @ A
         grad_A = torch.baddbmm(grad_A, GA, cov, alpha=2)  # Ā + 2 sym(Σ̄') A Σ
-        grad_x, grad_W, grad_b = ctx.kernels.backward(ctx.saved, params[0::2], grad_mean, grad_A, ctx.activation,
-                                                      ctx.beta)
-        n = grad_mean.shape[-1]
+        grad_x, grad_W, grad_b = ctx.kernels.backward(saved, weights, grad_mean, grad_A, ctx.activation, ctx.beta)
         grad_u = grad_x[:, n:] if grad_x.shape[-1] > n else None
         return (grad_x[:, :n] + grad_mean, A.mT @ GA, grad_u, G, None, None, None,
                 *(g for pair in zip(grad_W, grad_b) for g in pair))
@@ -275,7 +318,7 @@ class ResidualDynamics(nn.Module):
             raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
         u = u if self.ctrl_dim else None
         return _ResidualTimeUpdate.apply(mean, cov, u, Q.expand(B, n, n), self.f.activation, self.f.beta,
-                                         self.f.kernels, *self.f.parameter_list())
+                                         self.f.kernels, *self.f.parameter_list())[:3]
 
 
 class LinearEnsembleDynamics(nn.Module):
@@ -392,17 +435,19 @@ class EKFModel(nn.Module):
         n = self.latent_dim
         return self.initial_mean.expand(batch, n), self.initial_cov().expand(batch, n, n)
 
-    def filter(self, y: torch.Tensor, u: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> FilterResult:
-        "EKF over `y (B,T,p)` with controls `u (B,T,m)` and `mask (B,T)`."
+    def filter(self, y: torch.Tensor, u: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
+               checked: bool = True) -> FilterResult:
+        "EKF over `y (B,T,p)` with controls `u (B,T,m)` and `mask (B,T)`; `checked` as in `ekf_filter`."
         self._check_obs(y)
         return ekf_filter(self.dynamics, self.observation, y, self.initial_mean, self.initial_cov(),
-                          self.dynamics_cov(), self.obs_cov(), u=self._controls(u, y), mask=mask)
+                          self.dynamics_cov(), self.obs_cov(), u=self._controls(u, y), mask=mask, checked=checked)
 
-    def smooth(self, y: torch.Tensor, u: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None) -> tuple[FilterResult, SmootherResult]:
-        "Filter then RTS-smooth `y (B,T,p)`; returns both results."
-        filtered = self.filter(y, u, mask)
-        return filtered, rts_smoother(self.dynamics, filtered, self.dynamics_cov(), u=self._controls(u, y))
+    def smooth(self, y: torch.Tensor, u: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
+               checked: bool = True) -> tuple[FilterResult, SmootherResult]:
+        "Filter then RTS-smooth `y (B,T,p)`; returns both results. `checked` as in `ekf_filter`."
+        filtered = self.filter(y, u, mask, checked=checked)
+        return filtered, rts_smoother(self.dynamics, filtered, self.dynamics_cov(), u=self._controls(u, y),
+                                      checked=checked)
 
     def predict(self, mean: torch.Tensor, cov: torch.Tensor, steps: int,
                 u: torch.Tensor | None = None) -> PredictResult:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .ekf import observation_moments
+from .ekf import cholesky_or_nan, observation_moments
 from .gaussian import mvn_kl, mvn_log_prob
 
 # %% ../nbs/04_objectives.ipynb
@@ -26,78 +26,94 @@ def _mean_over(values, mask):
     return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
-def _obs_log_lik(model, means, covs, y, mask):
+def _log_prob(x, mean, cov, checked):
+    "`mvn_log_prob`; unchecked, through `cholesky_or_nan` (vmap-safe, NaN where a factorisation fails)."
+    return mvn_log_prob(x, mean, cov) if checked else mvn_log_prob(x, mean, scale_tril=cholesky_or_nan(cov))
+
+
+def _kl(mean_q, cov_q, mean_p, cov_p, checked):
+    "`mvn_kl`; unchecked, the same formula on `cholesky_or_nan` factors (vmap-safe)."
+    if checked:
+        return mvn_kl(mean_q, cov_q, mean_p, cov_p)
+    Lq, Lp = cholesky_or_nan(cov_q), cholesky_or_nan(cov_p)
+    M = torch.linalg.solve_triangular(Lp, torch.cat([Lq, (mean_p - mean_q).unsqueeze(-1)], -1), upper=False)
+    log_det_ratio = 2 * (Lp.diagonal(dim1=-2, dim2=-1).log() - Lq.diagonal(dim1=-2, dim2=-1).log()).sum(-1)
+    return 0.5 * (M.square().sum((-2, -1)) - mean_q.shape[-1] + log_det_ratio)
+
+
+def _obs_log_lik(model, means, covs, y, mask, checked):
     "Log-likelihood `(B,T)` of `y` under the linearised observation Gaussians of latent beliefs `(B,T,n)`."
     obs_mean, obs_cov = observation_moments(model.observation, means, covs, model.obs_cov())
     if mask is not None:
         y = torch.where(mask[..., None], y, obs_mean.detach())
-    return mvn_log_prob(y, obs_mean, obs_cov)
+    return _log_prob(y, obs_mean, obs_cov, checked)
 
 
 def _replay(model, smoothed, u, steps):
     return model.predict(smoothed.smoothed_means[:, 0], smoothed.smoothed_covs[:, 0], steps, u)
 
 
-def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, latent_replay):
-    filtered, smoothed = model.smooth(y, u, mask)
+def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, latent_replay, checked):
+    filtered, smoothed = model.smooth(y, u, mask, checked=checked)
     T = y.shape[1]
-    smooth_ll = _mean_over(_obs_log_lik(model, smoothed.smoothed_means, smoothed.smoothed_covs, y, mask), mask)
-    kl = mvn_kl(smoothed.smoothed_means, smoothed.smoothed_covs, smoothed.prior_means, smoothed.prior_covs).mean()
+    smooth_ll = _mean_over(_obs_log_lik(model, smoothed.smoothed_means, smoothed.smoothed_covs, y, mask, checked),
+                           mask)
+    kl = _kl(smoothed.smoothed_means, smoothed.smoothed_covs, smoothed.prior_means, smoothed.prior_covs, checked).mean()
     parts = {"smooth_log_lik": smooth_ll, "kl": kl}
     loss = -alpha * smooth_ll + beta * ramp(iteration, kl_anneal) * kl
     if alpha < 1:
         replay = _replay(model, smoothed, u, T)
         if latent_replay:
             targets = smoothed.smoothed_means.detach()
-            replay_ll = mvn_log_prob(targets, replay.means, replay.covs).mean()
+            replay_ll = _log_prob(targets, replay.means, replay.covs, checked).mean()
             parts["latent_replay_log_lik"] = replay_ll
         else:
-            replay_ll = _mean_over(_obs_log_lik(model, replay.means, replay.covs, y, mask), mask)
+            replay_ll = _mean_over(_obs_log_lik(model, replay.means, replay.covs, y, mask, checked), mask)
             parts["replay_log_lik"] = replay_ll
         loss = loss - (1 - alpha) * ramp(iteration, burn_in) * replay_ll
     return loss, {k: v.detach() for k, v in parts.items()}
 
 # %% ../nbs/04_objectives.ipynb
 def vro(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 0.5, beta: float = 1.0,
-        burn_in: int = 100, kl_anneal: int = 1000) -> tuple[torch.Tensor, dict]:
+        burn_in: int = 100, kl_anneal: int = 1000, checked: bool = True) -> tuple[torch.Tensor, dict]:
     "Variational replay overshooting: `-[α L_s + (1-α) w_r L_r] + β w_kl KL`; `y (B,T,p)`, `u (B,T,m)`, `mask (B,T)`."
-    return _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, latent_replay=False)
+    return _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, False, checked)
 
 
 def lro(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 0.5, beta: float = 1.0,
-        burn_in: int = 100, kl_anneal: int = 1000) -> tuple[torch.Tensor, dict]:
+        burn_in: int = 100, kl_anneal: int = 1000, checked: bool = True) -> tuple[torch.Tensor, dict]:
     "Latent replay overshooting: VRO whose replay scores the (fixed) smoothed latent means."
-    return _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, latent_replay=True)
+    return _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, True, checked)
 
 
 def no_overshooting(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 1.0, beta: float = 1.0,
-                    burn_in: int = 100, kl_anneal: int = 1000) -> tuple[torch.Tensor, dict]:
+                    burn_in: int = 100, kl_anneal: int = 1000, checked: bool = True) -> tuple[torch.Tensor, dict]:
     "VRO with α = 1 whatever `alpha` says: smoothing likelihood and KL only (V-EKF)."
-    return _variational(model, y, u, mask, iteration, 1.0, beta, burn_in, kl_anneal, latent_replay=False)
+    return _variational(model, y, u, mask, iteration, 1.0, beta, burn_in, kl_anneal, False, checked)
 
 
 def sro(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 0.5, beta: float = 1.0,
-        burn_in: int = 100, kl_anneal: int = 1000) -> tuple[torch.Tensor, dict]:
+        burn_in: int = 100, kl_anneal: int = 1000, checked: bool = True) -> tuple[torch.Tensor, dict]:
     "Surrogate replay overshooting `-[α L_sl + (1-α) w_r L_r]` (`beta`, `kl_anneal` unused: no KL term)."
     if alpha >= 1:
-        filtered = model.filter(y, u, mask)
+        filtered = model.filter(y, u, mask, checked=checked)
     else:
-        filtered, smoothed = model.smooth(y, u, mask)
+        filtered, smoothed = model.smooth(y, u, mask, checked=checked)
     one_step = _mean_over(filtered.log_likelihoods, mask)
     parts = {"one_step_log_lik": one_step}
     loss = -alpha * one_step
     if alpha < 1:
         replay = _replay(model, smoothed, u, y.shape[1])
-        replay_ll = _mean_over(_obs_log_lik(model, replay.means, replay.covs, y, mask), mask)
+        replay_ll = _mean_over(_obs_log_lik(model, replay.means, replay.covs, y, mask, checked), mask)
         parts["replay_log_lik"] = replay_ll
         loss = loss - (1 - alpha) * ramp(iteration, burn_in) * replay_ll
     return loss, {k: v.detach() for k, v in parts.items()}
 
 
 def s_ekf(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 1.0, beta: float = 1.0,
-          burn_in: int = 100, kl_anneal: int = 1000) -> tuple[torch.Tensor, dict]:
+          burn_in: int = 100, kl_anneal: int = 1000, checked: bool = True) -> tuple[torch.Tensor, dict]:
     "SRO with α = 1 whatever `alpha` says: the filter's one-step-ahead likelihood only (S-EKF)."
-    return sro(model, y, u, mask, iteration=iteration, alpha=1.0)
+    return sro(model, y, u, mask, iteration=iteration, alpha=1.0, checked=checked)
 
 
 OBJECTIVES: dict[str, Callable] = {"vro": vro, "sro": sro, "lro": lro, "none": no_overshooting, "s_ekf": s_ekf}

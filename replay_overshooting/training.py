@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from .baselines import GSSM, RSSM
 from .data import DATASET_NAMES, SequenceDataset, load_dataset
@@ -246,7 +247,7 @@ def experiment_for_dataset(dataset: str) -> str:
     return DATASET_EXPERIMENTS[dataset]
 
 
-def get_experiment(name: str, **overrides) -> ExperimentConfig:
+def get_experiment(name: str, /, **overrides) -> ExperimentConfig:
     "The registered experiment `name` with some fields overridden, validated."
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; registered: {', '.join(sorted(EXPERIMENTS))}")
@@ -272,12 +273,12 @@ def build_model(config: ExperimentConfig, dataset: SequenceDataset) -> nn.Module
 
 
 def compute_loss(model: nn.Module, config: ExperimentConfig, y: torch.Tensor, u: torch.Tensor | None,
-                 iteration: int) -> tuple[torch.Tensor, dict]:
+                 iteration: int, *, checked: bool = True) -> tuple[torch.Tensor, dict]:
     "The training loss of `model` on a batch `y (B,T,…)`, `u (B,T,m)` at `iteration`, and its named parts."
     if config.model == "ekf":
         objective = get_objective(config.objective)
         return objective(model, y, u, iteration=iteration, alpha=config.alpha, beta=config.beta,
-                         burn_in=config.burn_in, kl_anneal=config.kl_anneal)
+                         burn_in=config.burn_in, kl_anneal=config.kl_anneal, checked=checked)
     return model.loss(y, u, iteration=iteration)
 
 # %% ../nbs/08_training.ipynb
@@ -294,12 +295,30 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model, self.config = model, config
 
-    def forward(self, y, u, iteration):
-        return compute_loss(self.model, self.config, y, u, iteration)
+    def forward(self, y, u, iteration, checked=True):
+        return compute_loss(self.model, self.config, y, u, iteration, checked=checked)
+
+
+def _training_data(config, dataset):
+    "The training set (given, or loaded as the config says) and the full window length, checked."
+    if dataset is None:
+        dataset = load_dataset(config.dataset, "train", config.data_dir, **config.dataset_options)
+    full_length = config.window or dataset.window_length
+    if full_length > dataset.y.shape[1]:
+        raise ValueError(f"window {full_length} is longer than the {dataset.y.shape[1]} steps of {dataset.name}")
+    return dataset, full_length
 
 
 def _seeded(*numbers: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash(numbers) % (2**62))
+
+
+def _draw_batch(dataset, config, iteration, per_epoch, length, rank=0, world=1):
+    "The batch of `iteration`: a function of `(seed, epoch)` (which sequences) and `(seed, iteration)` (which windows)."
+    epoch, position = divmod(iteration, per_epoch)
+    order = torch.randperm(len(dataset), generator=_seeded(config.seed, epoch))
+    indices = order[position * config.batch_size:(position + 1) * config.batch_size][rank::world]
+    return dataset.window_batch(indices, length, generator=_seeded(config.seed, epoch, iteration))
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -367,9 +386,17 @@ def train(
     callback: Callable | None = None,  # called as `callback(iteration, metrics_dict)` after every iteration
     dataset: SequenceDataset | None = None,  # training data (default: `load_dataset(config.dataset, "train", …)`)
     run_dir: str | os.PathLike | None = None,  # default `config.out_dir / config.name`
-) -> TrainResult:
-    "Train the model a config describes; resumable, atomic, and distributed under torchrun."
+    seeds: list[int] | None = None,  # train one run per seed (into `run_dir / f"seed{s}"`), vectorised: see below
+) -> TrainResult | list[TrainResult]:  # one `TrainResult`, or one per seed with `seeds`
+    """Train the model a config describes; resumable, atomic, and distributed under torchrun.
+
+    With `seeds`, train one run per seed in this process and return their results in order: the vector EKF
+    (discrete or linear-ensemble dynamics, eager kernels) trains all seeds at once under `torch.func.vmap`;
+    every other model (continuous time, compiled, image EKF, baselines) trains them one after another."""
     config.validate()
+    if seeds is not None:
+        return _train_seeds(config, _checked_seeds(seeds), resume=resume, progress=progress, callback=callback,
+                            dataset=dataset, run_dir=run_dir)
     rank, world = _distributed()
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1:
@@ -380,11 +407,7 @@ def train(
     if checkpoint_path.exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a checkpoint; pass resume=True to continue it, or choose "
                               "another name or out_dir (nothing was overwritten)")
-    if dataset is None:
-        dataset = load_dataset(config.dataset, "train", config.data_dir, **config.dataset_options)
-    full_length = config.window or dataset.window_length
-    if full_length > dataset.y.shape[1]:
-        raise ValueError(f"window {full_length} is longer than the {dataset.y.shape[1]} steps of {dataset.name}")
+    dataset, full_length = _training_data(config, dataset)
 
     torch.manual_seed(config.seed)
     model = build_model(config, dataset).to(device=device, dtype=dtype)
@@ -426,11 +449,9 @@ def train(
     model.train()
     for iteration in range(start, total):
         tic = time.perf_counter()
-        epoch, position = divmod(iteration, per_epoch)
-        order = torch.randperm(len(dataset), generator=_seeded(config.seed, epoch))
-        indices = order[position * config.batch_size:(position + 1) * config.batch_size][rank::world]
+        epoch = iteration // per_epoch
         length = window_length(iteration, config.ramp, full_length)
-        batch = dataset.window_batch(indices, length, generator=_seeded(config.seed, epoch, iteration))
+        batch = _draw_batch(dataset, config, iteration, per_epoch, length, rank, world)
         y = batch["y"].to(device=device, dtype=dtype)
         u = batch["u"].to(device=device, dtype=dtype) if dataset.ctrl_dim else None
         lr = learning_rate(config.lr_schedule, config.lr, iteration)
@@ -483,3 +504,196 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Mod
         state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)["model"]
     model.load_state_dict(state)
     return model.to(device=device, dtype=getattr(torch, config.dtype)).eval(), config, test
+
+# %% ../nbs/08_training.ipynb
+def _checked_seeds(seeds) -> list[int]:
+    "`seeds` as a list, after checking that it is a non-empty list of distinct ints."
+    if not isinstance(seeds, (list, tuple)) or len(seeds) == 0:
+        raise ValueError(f"seeds must be a non-empty list of ints, e.g. seeds=[0, 1, 2, 3]; got {seeds!r}")
+    not_ints = [seed for seed in seeds if not isinstance(seed, int) or isinstance(seed, bool)]
+    if not_ints:
+        raise ValueError(f"seeds must be ints, but {not_ints!r} in {seeds!r} are not")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ValueError(f"seeds must be distinct (each seed writes its own run directory); {repeated} repeat")
+    return list(seeds)
+
+
+def _vectorisable(config: ExperimentConfig) -> bool:
+    "Whether the seeds of `config` can train under one `vmap`: the vector EKF, not continuous-time, not compiled."
+    options = config.model_options
+    return (config.model == "ekf" and options.get("dynamics", "discrete") != "continuous"
+            and not options.get("compile", False))
+
+
+def _with_seed(callback, seed):
+    "`callback(iteration, row)` called with `{'seed': seed, **row}`."
+    if callback is None:
+        return None
+    return lambda iteration, row: callback(iteration, {"seed": seed, **row})
+
+
+def _train_seeds(config, seeds, *, resume, progress, callback, dataset, run_dir):
+    "One run per seed: vectorised where `_vectorisable`, else one after another."
+    base_dir = Path(run_dir) if run_dir is not None else Path(config.out_dir) / config.name
+    configs = [config.replace(seed=seed) for seed in seeds]
+    run_dirs = [base_dir / f"seed{seed}" for seed in seeds]
+    callbacks = [_with_seed(callback, seed) for seed in seeds]
+    if not _vectorisable(config):
+        return [train(c, resume=resume, progress=progress, callback=cb, dataset=dataset, run_dir=d)
+                for c, cb, d in zip(configs, callbacks, run_dirs)]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("train(..., seeds=...) vectorises the seeds in one process; run it without torchrun")
+    return _train_vectorised(configs, run_dirs, resume=resume, progress=progress, callbacks=callbacks,
+                             dataset=dataset)
+
+
+def _slice(stacked: dict, k: int) -> dict:
+    return {name: tensor[k] for name, tensor in stacked.items()}
+
+
+def _stacked_losses(base, params, buffers, y, u, iteration):
+    "Each seed's loss `(K,)` and parts on its own batch `y[k]`, `u[k]`: one `vmap`, or seed by seed where one failed."
+    def one(p, b, y1, u1, checked):
+        return functional_call(base, (p, b), (y1, u1, iteration, checked))
+
+    vectorised = vmap(lambda p, b, y1, u1: one(p, b, y1, u1, False), in_dims=(0, 0, 0, None if u is None else 0))
+    losses, parts = vectorised(params, buffers, y, u)
+    if bool(torch.isfinite(losses).all()):
+        return losses, parts
+    each = [one(_slice(params, k), _slice(buffers, k), y[k], None if u is None else u[k], True) for k in range(len(y))]
+    return torch.stack([loss for loss, _ in each]), {key: torch.stack([p[key] for _, p in each]) for key in each[0][1]}
+
+
+def _clip_per_seed(stacked: list, max_norm: float | None) -> torch.Tensor:
+    "Each seed's global gradient norm `(K,)` over its slices of `stacked`; clips each seed's slices to `max_norm`."
+    grads = [p.grad for p in stacked if p.grad is not None]
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads], 1)
+    total = torch.linalg.vector_norm(norms, dim=1)
+    if max_norm is not None:
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # as `torch.nn.utils.clip_grad_norm_`, per seed
+        for g in grads:
+            g.mul_(scale.view(-1, *[1] * (g.ndim - 1)))
+    return total
+
+
+def _seed_weights(params: dict, buffers: dict, k: int) -> dict:
+    "Seed k's `state_dict` (the names of the model inside `_LossModule`)."
+    return {name.removeprefix("model."): t[k].detach().clone() for name, t in {**params, **buffers}.items()}
+
+
+def _seed_optimizer_state(optimizer, k: int) -> dict:
+    "Seed k's slice of the stacked Adam's state, in the layout of a solo run's optimiser."
+    full = optimizer.state_dict()
+    state = {i: {key: value.clone() if key == "step" else value[k].clone() for key, value in entry.items()}
+             for i, entry in full["state"].items()}
+    return {"state": state, "param_groups": full["param_groups"]}
+
+
+def _stacked_optimizer_state(seed_states: list) -> dict:
+    "The stacked Adam's state from the seeds' solo-layout states (the inverse of `_seed_optimizer_state`)."
+    first = seed_states[0]
+    state = {i: {key: value if key == "step" else torch.stack([s["state"][i][key] for s in seed_states])
+                 for key, value in entry.items()} for i, entry in first["state"].items()}
+    return {"state": state, "param_groups": first["param_groups"]}
+
+
+def _seed_checkpoints(configs, run_dirs, resume, device):
+    "The seeds' checkpoints to resume from, or None to start afresh; refuses to overwrite or mix."
+    paths = [d / "checkpoint.pt" for d in run_dirs]
+    existing = [path for path in paths if path.exists()]
+    if existing and not resume:
+        raise FileExistsError(f"{existing[0].parent} already holds a checkpoint; pass resume=True to continue, or "
+                              "choose another name or out_dir (nothing was overwritten)")
+    if not existing:
+        return None
+    if len(existing) != len(paths):
+        missing = [str(path.parent) for path in paths if not path.exists()]
+        raise ValueError(f"only some seeds have checkpoints (none in {missing}); resume needs all of them, or none")
+    states = [torch.load(path, map_location=device, weights_only=False) for path in paths]
+    for config, state, path in zip(configs, states, paths):
+        if state["config"] != config.to_dict():
+            raise ValueError(f"{path.parent} was trained with a different config; resume with the same config")
+    iterations = sorted({state["iteration"] for state in states})
+    if len(iterations) > 1:
+        raise ValueError(f"the seeds' checkpoints stop at different iterations {iterations}; bring them level "
+                         "with solo train(config.replace(seed=s), resume=True, run_dir=...) first")
+    return states
+
+
+def _train_vectorised(configs, run_dirs, *, resume, progress, callbacks, dataset):
+    "The K seeds of one config, vectorised with `vmap` over stacked parameters; one `TrainResult` per seed."
+    config = configs[0]
+    device, dtype = resolve_device(config.device), getattr(torch, config.dtype)
+    dataset, full_length = _training_data(config, dataset)
+    models = []
+    for c in configs:
+        torch.manual_seed(c.seed)
+        models.append(build_model(c, dataset).to(device=device, dtype=dtype).train())
+    states = _seed_checkpoints(configs, run_dirs, resume, device)
+    for model, state in zip(models, states or []):
+        model.load_state_dict(state["model"])
+    params, buffers = stack_module_state([_LossModule(m, c) for m, c in zip(models, configs)])
+    base = _LossModule(models[0], config)  # its own weights are unused: `functional_call` swaps in seed k's
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
+    if states:
+        optimizer.load_state_dict(_stacked_optimizer_state([state["optimizer"] for state in states]))
+    start = states[0]["iteration"] if states else 0
+    per_epoch = math.ceil(len(dataset) / config.batch_size)
+    total = config.max_iterations if config.max_iterations is not None else config.epochs * per_epoch
+    writers, boards = [], []
+    for c, d in zip(configs, run_dirs):
+        d.mkdir(parents=True, exist_ok=True)
+        c.save(d / "config.json")
+        writers.append(_MetricsWriter(d / "metrics.csv", _read_metrics(d / "metrics.csv", start) if states else []))
+        boards.append(_tensorboard_writer_class()(str(d / "tensorboard")) if config.tensorboard else None)
+    histories = [[] for _ in configs]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=start, desc=f"{config.name} x{len(configs)} seeds")
+    for iteration in range(start, total):
+        tic = time.perf_counter()
+        length = window_length(iteration, config.ramp, full_length)
+        batches = [_draw_batch(dataset, c, iteration, per_epoch, length) for c in configs]
+        y = torch.stack([batch["y"] for batch in batches]).to(device=device, dtype=dtype)
+        u = torch.stack([batch["u"] for batch in batches]).to(device=device, dtype=dtype) if dataset.ctrl_dim else None
+        lr = learning_rate(config.lr_schedule, config.lr, iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        losses, parts = _stacked_losses(base, params, buffers, y, u, iteration)
+        losses.sum().backward()
+        grad_norms = _clip_per_seed(list(params.values()), config.grad_clip)
+        optimizer.step()
+        values = {"loss": losses.tolist(), **{k: v.tolist() for k, v in parts.items()},
+                  "grad_norm": grad_norms.tolist()}
+        seconds = time.perf_counter() - tic
+        for k, (writer, board, history, callback) in enumerate(zip(writers, boards, histories, callbacks)):
+            row = {"iteration": iteration, "epoch": iteration // per_epoch, "window": length, "lr": lr,
+                   **{key: column[k] for key, column in values.items()}, "seconds": seconds}
+            history.append(row)
+            writer.append(row)
+            if board is not None:
+                for key, value in row.items():
+                    if key not in ("iteration", "epoch"):
+                        board.add_scalar(key, value, iteration)
+            if callback is not None:
+                callback(iteration, row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{min(values['loss']):.3f}..{max(values['loss']):.3f}", window=length)
+        if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == total:
+            for k, (c, d) in enumerate(zip(configs, run_dirs)):
+                _save_atomic({"model": _seed_weights(params, buffers, k),
+                              "optimizer": _seed_optimizer_state(optimizer, k), "iteration": iteration + 1,
+                              "rng": _rng_state(device), "config": c.to_dict()}, d / "checkpoint.pt")
+    for board in boards:
+        if board is not None:
+            board.close()
+    if bar is not None:
+        bar.close()
+    for k, (model, d) in enumerate(zip(models, run_dirs)):
+        model.load_state_dict(_seed_weights(params, buffers, k))
+        _save_atomic(model.state_dict(), d / "model.pt")
+    return [TrainResult(model, history, d) for model, history, d in zip(models, histories, run_dirs)]
