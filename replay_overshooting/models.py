@@ -386,9 +386,10 @@ class EKFModel(nn.Module):
         learn_initial_mean: bool = True,
         ensemble_size: int = 10,  # K for the linear ensemble (paper: 10 images, 100 push)
         dt: float = 1.0,  # step length for continuous time
-        ode_method: str = "dopri5",
+        ode_method: str = "dopri5",  # torchdiffeq solver for continuous time
         rtol: float = 1e-7,
         atol: float = 1e-9,
+        ode_options: dict | None = None,  # torchdiffeq solver options, e.g. `{"step_size": dt}` for method "rk4"
         compile: bool = False,  # compile the MLPs' fused value-and-Jacobian kernels with `torch.compile`
     ):
         super().__init__()
@@ -404,7 +405,8 @@ class EKFModel(nn.Module):
             self.dynamics = ResidualDynamics(latent_dim, ctrl_dim, **mlp)
         elif dynamics == "continuous":
             field = MLP(latent_dim + ctrl_dim, latent_dim, **mlp)
-            self.dynamics = ContinuousDynamics(field, latent_dim, dt=dt, method=ode_method, rtol=rtol, atol=atol)
+            self.dynamics = ContinuousDynamics(field, latent_dim, dt=dt, method=ode_method, rtol=rtol, atol=atol,
+                                               options=ode_options)
         else:
             self.dynamics = LinearEnsembleDynamics(latent_dim, ctrl_dim, ensemble_size=ensemble_size,
                                                    activation=activation, compile=compile)
