@@ -37,6 +37,17 @@ def training_step(model, y, u):
     return step
 
 
+def from_initial_weights(model, step):
+    "`step` run from the model's initial weights every time: long open-loop windows of an untrained model on random
+    data diverge within a few Adam steps, and the sweep times the cost of an iteration, not training."
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+
+    def restarted():
+        model.load_state_dict(initial)
+        step()
+    return restarted
+
+
 def problem(*, latent_dim, obs_dim, ctrl_dim, T, batch, hidden, device="cpu", **model_options):
     "A model and random data `y (B,T,p)`, `u (B,T,m)` for one configuration."
     torch.manual_seed(0)
@@ -69,7 +80,7 @@ def sweep(points, *, repeats, device):
     for T, B, n in points:
         cfg = dict(CONFIGS["push"], T=T, batch=B, latent_dim=n, device=device)
         model, y, u = problem(**cfg)
-        step = training_step(model, y, u)
+        step = from_initial_weights(model, training_step(model, y, u))
         if device == "cuda":
             inner = step
 
