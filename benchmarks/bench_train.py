@@ -38,8 +38,8 @@ def training_step(model, y, u):
 
 
 def from_initial_weights(model, step):
-    "`step` run from the model's initial weights every time: long open-loop windows of an untrained model on random
-    data diverge within a few Adam steps, and the sweep times the cost of an iteration, not training."
+    """`step` run from the model's initial weights every time: long open-loop windows of an untrained model on
+    random data diverge within a few Adam steps, and the sweep times the cost of an iteration, not training."""
     initial = {name: value.clone() for name, value in model.state_dict().items()}
 
     def restarted():
