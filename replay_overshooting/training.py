@@ -432,7 +432,7 @@ def train(
     writer = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
+        _save_run_config(config, dataset, run_dir)
         writer = _MetricsWriter(run_dir / "metrics.csv", rows)
     board = _tensorboard_writer_class()(str(run_dir / "tensorboard")) if config.tensorboard and rank == 0 else None
 
@@ -489,13 +489,32 @@ def train(
     return TrainResult(model, history, run_dir)
 
 
-def load_run(run_dir: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, ExperimentConfig, SequenceDataset]:
+def _save_run_config(config: ExperimentConfig, dataset: SequenceDataset, run_dir: Path) -> None:
+    "Write `config.json`, and `custom_data.json` when the run trains on data the config does not name."
+    config.save(run_dir / "config.json")
+    if dataset.name != config.dataset:
+        atomic_write_text(run_dir / "custom_data.json",
+                          json.dumps({"name": dataset.name, "source": dataset.source}, indent=2))
+
+
+def load_run(
+    run_dir: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    dataset: SequenceDataset | None = None,  # the test split; required for runs trained on custom data
+) -> tuple[nn.Module, ExperimentConfig, SequenceDataset]:
     "The trained model, its config and its test split, from a run directory written by `train`."
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); pass the directory train() wrote")
     config = ExperimentConfig.load(run_dir / "config.json")
-    test = load_dataset(config.dataset, "test", config.data_dir, **config.dataset_options)
+    custom = run_dir / "custom_data.json"
+    if dataset is None and custom.exists():
+        name = json.loads(custom.read_text())["name"]
+        raise ValueError(f"{run_dir} was trained on custom data {name!r}, which the config cannot reload; pass its "
+                         "test split: load_run(run_dir, dataset=test_set)")
+    test = dataset if dataset is not None else load_dataset(config.dataset, "test", config.data_dir,
+                                                            **config.dataset_options)
     model = build_model(config, test)
     weights = run_dir / "model.pt"
     if weights.exists():
@@ -644,7 +663,7 @@ def _train_vectorised(configs, run_dirs, *, resume, progress, callbacks, dataset
     writers, boards = [], []
     for c, d in zip(configs, run_dirs):
         d.mkdir(parents=True, exist_ok=True)
-        c.save(d / "config.json")
+        _save_run_config(c, dataset, d)
         writers.append(_MetricsWriter(d / "metrics.csv", _read_metrics(d / "metrics.csv", start) if states else []))
         boards.append(_tensorboard_writer_class()(str(d / "tensorboard")) if config.tensorboard else None)
     histories = [[] for _ in configs]

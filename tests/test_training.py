@@ -123,3 +123,20 @@ def test_tensorboard_events_are_written(tmp_path):
                             dataset_options={"num_sequences": 4, "seq_len": 11, "cache": False})
     result = train(config, progress=False)
     assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_run_on_custom_data_needs_its_test_split_to_reload(tmp_path):
+    from replay_overshooting.custom import dataset_from_arrays
+    generator = torch.Generator().manual_seed(0)
+    train_set = dataset_from_arrays(torch.randn(6, 12, 2, generator=generator).numpy(), name="mine")
+    test_set = dataset_from_arrays(torch.randn(3, 12, 2, generator=generator).numpy(), name="mine", split="test",
+                                   normalization=train_set.normalization)
+    config = get_experiment("example", max_iterations=2, out_dir=str(tmp_path), device="cpu", name="mine")
+    result = train(config, progress=False, dataset=train_set)
+    assert json.loads((result.run_dir / "custom_data.json").read_text())["name"] == "mine"
+    with pytest.raises(ValueError, match="custom data 'mine'.*load_run\\(run_dir, dataset=test_set\\)"):
+        load_run(result.run_dir)
+    model, _, test = load_run(result.run_dir, dataset=test_set)
+    assert test is test_set
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, result.model.state_dict()[key])
