@@ -5,11 +5,10 @@ Prints one JSON line per configuration (one CPU thread, median over repeats afte
 - train_planet_pend_img: SPEC §5 row planet_pend_img, 16x16 frames, 1-D torque, T=33, batch 8, clip 500;
 - train_planet_push: SPEC §5 row planet_push, obs 2-D, controls 6-D, T=50, batch 16, clip 100.
 """
-import argparse
 
 import torch
 
-from common import report, time_it
+from common import benchmark_parser, parse_single_threaded, report, time_it
 from replay_overshooting.baselines import paper_baseline
 
 CONFIGS = {
@@ -28,11 +27,7 @@ def training_step(model, optimizer, y, u, clip):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    args = parse_single_threaded(benchmark_parser(__doc__))
     for name, cfg in CONFIGS.items():
         model = paper_baseline(cfg["model"])
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -3,11 +3,11 @@
 Usage: python benchmarks/bench_ekf.py [--repeats N]
 Prints one JSON line per SPEC §10 configuration, then a table beside the reference times.
 """
-import argparse
 
 import torch
 
-from common import CONFIGS, REFERENCE_SECONDS, count_ops, report, time_it
+from common import (
+    CONFIGS, REFERENCE_SECONDS, benchmark_parser, count_ops, parse_single_threaded, report, time_it)
 from replay_overshooting.ekf import observation_moments
 from replay_overshooting.gaussian import mvn_kl, mvn_log_prob
 from replay_overshooting.models import EKFModel
@@ -29,11 +29,7 @@ def loss_work(model, y, u):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    args = parse_single_threaded(benchmark_parser(__doc__))
     rows = []
     for name, cfg in CONFIGS.items():
         model = EKFModel(cfg["latent_dim"], cfg["obs_dim"], cfg["ctrl_dim"], hidden=cfg["hidden"])

@@ -3,11 +3,10 @@
 Usage: python benchmarks/bench_image.py [--repeats N]
 Prints one JSON line per configuration (one CPU thread, median/min/max seconds over the timed repeats).
 """
-import argparse
 
 import torch
 
-from common import report, time_it
+from common import benchmark_parser, parse_single_threaded, report, time_it
 from replay_overshooting.image_models import ImageEKFModel
 
 # SPEC §5 dt_ekf_kvae_pend_img: state 3, image latent 2, one control, 16x16 frames, window 33, batch 4,
@@ -17,11 +16,7 @@ FULL_WEIGHT_ITERATION = 10_000
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    args = parse_single_threaded(benchmark_parser(__doc__))
     cfg = PENDULUM
     for objective in ("vro", "sro"):
         model = ImageEKFModel(cfg["latent_dim"], cfg["obs_dim"], cfg["ctrl_dim"], image_size=cfg["image_size"],

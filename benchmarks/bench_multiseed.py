@@ -10,12 +10,11 @@ weights (as SPEC §10 times it), on the SPEC §10 vdp and push sizes. Prints one
                             in the same process, `speedup` = K * solo_s / median_s.
 Every measurement uses one CPU thread and is the median of `--repeats` timed iterations after warm-up.
 """
-import argparse
 
 import torch
 from torch.func import stack_module_state
 
-from common import CONFIGS, report, time_it
+from common import CONFIGS, benchmark_parser, parse_single_threaded, report, time_it
 from replay_overshooting.models import EKFModel
 from replay_overshooting.training import (
     ExperimentConfig, _clip_per_seed, _LossModule, _stacked_losses, compute_loss,
@@ -68,12 +67,10 @@ def vectorised_step(cfg, config, num_models):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser = benchmark_parser(__doc__, repeats=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 16], help="the numbers K of stacked seeds")
     parser.add_argument("--configs", nargs="+", default=["vdp", "push"], choices=["vdp", "push"])
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parse_single_threaded(parser)
     config = ExperimentConfig(model="ekf", objective="vro", grad_clip=100.0)
     for name in args.configs:
         cfg = CONFIGS[name]

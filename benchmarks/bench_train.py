@@ -11,13 +11,13 @@ Prints one JSON line per measurement, then a table:
                                          default, all 18 points with --full), and on CUDA when available.
 Every CPU measurement uses one thread and is the median of `--repeats` timed iterations after warm-up.
 """
-import argparse
 import itertools
 import time
 
 import torch
 
-from common import CONFIGS, REFERENCE_SECONDS, count_ops, report, time_it
+from common import (
+    CONFIGS, REFERENCE_SECONDS, benchmark_parser, count_ops, parse_single_threaded, report, time_it)
 from replay_overshooting.models import EKFModel
 from replay_overshooting.objectives import vro
 
@@ -94,13 +94,11 @@ def sweep(points, *, repeats, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=15, help="timed iterations per configuration (>= 10)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--full", action="store_true", help="all 18 sweep points instead of a subset")
     parser.add_argument("--skip-sweep", action="store_true", help="leave out the scaling sweep")
     parser.add_argument("--compile", action="store_true", help="also time EKFModel(compile=True)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parse_single_threaded(parser)
     rows = []
     for name, cfg in CONFIGS.items():
         rows.append(measure(f"train_{name}", cfg, repeats=args.repeats, reference=REFERENCE_SECONDS[name]))

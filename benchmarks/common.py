@@ -1,4 +1,5 @@
 """Shared timing helpers for the benchmark scripts (one CPU thread, median of repeated runs)."""
+import argparse
 import json
 import statistics
 import time
@@ -43,3 +44,18 @@ def report(config, median_s, min_s, max_s, **extra):
     "Print one JSON line of results."
     print(json.dumps({"config": config, "median_s": round(median_s, 5), "min_s": round(min_s, 5),
                       "max_s": round(max_s, 5), **extra}), flush=True)
+
+
+def benchmark_parser(description, *, repeats=15):
+    "The argument parser of a benchmark script: its docstring as help, and `--repeats`."
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per configuration")
+    return parser
+
+
+def parse_single_threaded(parser):
+    "Parse the command line, then pin torch to one thread and seed it, as every measurement here assumes."
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return args
