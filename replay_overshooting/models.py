@@ -16,9 +16,10 @@ from torch import nn
 
 from .continuous import ContinuousDynamics
 from replay_overshooting.ekf import (
-    FilterResult, PredictResult, SmootherResult, ekf_filter, ekf_predict, rts_smoother, vmap_forward,
+    FILTER_FIELDS, FilterResult, PredictResult, SmootherResult, _kalman_update, _kalman_update_backward, ekf_filter,
+    ekf_predict, fused, rts_smoother,
 )
-from .gaussian import mvn_sample, symmetrize
+from .gaussian import constant, identity, mvn_sample, symmetrize
 
 # %% ../nbs/03_models.ipynb
 _ACTIVATIONS = ("softplus", "tanh", "relu")
@@ -27,20 +28,21 @@ _ACTIVATIONS = ("softplus", "tanh", "relu")
 def _activate(a, activation, beta):
     "The activation `σ(a)` and its slope `σ'(a)`."
     if activation == "softplus":
-        return F.softplus(a, beta=beta), torch.sigmoid(a * beta)
+        scaled = a if beta == 1 else a.mul(constant(beta, a.dtype, a.device))
+        return F.softplus(a, beta=beta), torch.sigmoid(scaled)
     if activation == "tanh":
         h = torch.tanh(a)
-        return h, 1 - h * h
+        return h, torch.addcmul(constant(1.0, a.dtype, a.device), h, h, value=-1)
     return torch.relu(a), (a > 0).to(a.dtype)
 
 
 def _curvature(h, d, activation, beta):
-    "The second derivative `σ''(a)` from `h = σ(a)` and `d = σ'(a)`; None for ReLU (zero almost everywhere)."
+    "`σ''(a) = scale · c` as `(c, scale)`, from `h = σ(a)` and `d = σ'(a)`; `(None, 0)` for ReLU (zero a.e.)."
     if activation == "softplus":
-        return beta * d * (1 - d)
+        return torch.addcmul(d, d, d, value=-1), beta  # β d (1 - d)
     if activation == "tanh":
-        return -2 * h * d
-    return None
+        return h * d, -2.0
+    return None, 0.0
 
 
 def _chain(weights, slopes, wrt):
@@ -52,7 +54,7 @@ def _chain(weights, slopes, wrt):
 
 
 def _mlp_forward(x, wrt, weights, biases, activation, beta):
-    "Output, Jacobian with respect to the first `wrt` inputs, and what `_mlp_backward` needs (plain tensor code)."
+    "Output, Jacobian with respect to the first `wrt` inputs, and what its backward needs (plain tensor code)."
     hs, slopes = [x], []
     for W, b in zip(weights[:-1], biases[:-1]):
         h, d = _activate(F.linear(hs[-1], W, b), activation, beta)
@@ -64,100 +66,116 @@ def _mlp_forward(x, wrt, weights, biases, activation, beta):
         befores.append(Y)
         Y = Y * d
         afters.append(Y)
-        Y = Y @ M if reverse else F.linear(Y, M)
+        Y = Y @ (M if reverse else M.mT)  # (B,k,H)@(H,H'): one matrix product over all B·k rows
     saved = (hs, slopes, mats, chain_slopes, befores, afters, reverse)
     return out, Y if reverse else Y.mT, saved
 
 
-def _flatten_saved(saved):
-    "The tensors of `_mlp_forward`'s `saved` not rebuilt from its inputs: `hs[1:]`, slopes, `befores[1:]`, afters."
-    hs, slopes, _, _, befores, afters, _ = saved
-    return (*hs[1:], *slopes, *befores[1:], *afters)
+def _mlp_backward_to_input(saved, weights, grad_out, grad_J, activation, beta):
+    """`∂ℓ/∂x`, and the factors whose products give the weight gradients (`_mlp_weight_grads`).
 
-
-def _rebuild_saved(x, flat, weights, wrt):
-    "`_mlp_forward`'s `saved` from its input `x`, the weights and the tensors `_flatten_saved` kept."
-    layers = len(weights) - 1
-    hs, slopes = [x, *flat[:layers]], list(flat[layers:2 * layers])
-    reverse, first, mats, chain_slopes = _chain(weights, slopes, wrt)
-    befores, afters = [first, *flat[2 * layers:3 * layers - 1]], list(flat[3 * layers - 1:])
-    return hs, slopes, mats, chain_slopes, befores, afters, reverse
-
-
-def _mlp_backward(saved, weights, grad_out, grad_J, activation, beta):
-    "Gradients `∂ℓ/∂x`, `[∂ℓ/∂W]`, `[∂ℓ/∂b]` of `_mlp_forward` from those of its output and Jacobian."
+    Only `∂ℓ/∂x` is needed at once in a recursion; the weight gradients of all its steps are summed
+    later, in one product per weight over all the steps' rows."""
     hs, slopes, mats, chain_slopes, befores, afters, reverse = saved
-    grad, chain_grads, slope_grads = (grad_J if reverse else grad_J.mT), [], []
+    grad, chain_factors, slope_grads = (grad_J if reverse else grad_J.mT), [], []
     for M, d, before, after in zip(mats[::-1], chain_slopes[::-1], befores[::-1], afters[::-1]):
-        chain_grads.append(torch.tensordot(after, grad, ([0, 1], [0, 1])) if reverse
-                           else torch.tensordot(grad, after, ([0, 1], [0, 1])))
-        grad = F.linear(grad, M) if reverse else grad @ M  # ∂ℓ/∂(rows after D)
+        chain_factors.append((after, grad) if reverse else (grad, after))
+        grad = grad @ (M.t() if reverse else M)  # ∂ℓ/∂(rows after D)
         slope_grads.append((grad * before).sum(-2))
         grad = grad * d
-    first_grad = grad.sum(0)  # of W_L (reverse) or W_1[:, :wrt]ᵀ (forward)
+    if not reverse:
+        slope_grads = slope_grads[::-1]
+    layer_factors, grad_a = [], grad_out
+    for k in range(len(weights) - 1, 0, -1):
+        layer_factors.append((grad_a, hs[k]))
+        d = slopes[k - 1].squeeze(-2)
+        grad_a = torch.mm(grad_a, weights[k]) * d
+        curvature, scale = _curvature(hs[k], d, activation, beta)
+        if curvature is not None:
+            grad_a = torch.addcmul(grad_a, slope_grads[k - 1], curvature, value=scale)
+    layer_factors.append((grad_a, hs[0]))
+    return torch.mm(grad_a, weights[0]), (chain_factors, grad, layer_factors, reverse)
+
+
+def _stacked(rows):
+    "Row blocks `[(N_i, ...)]` joined into `(ΣN_i, ...)`."
+    return rows[0] if len(rows) == 1 else torch.cat(rows, 0)
+
+
+def _mlp_weight_grads(factors, weights):
+    """`[∂ℓ/∂W]`, `[∂ℓ/∂b]` summed over the steps whose `_mlp_backward_to_input` factors are in the list `factors`.
+
+    Each weight gradient is `Σ_steps aᵀ b` over row factors `a`, `b`: one `mm` of the rows of all steps."""
+    chain_count, layers, reverse = len(factors[0][0]), len(weights), factors[0][3]
+    chain_grads = []
+    for i in range(chain_count):
+        left, right = (_stacked([f[0][i][j] for f in factors]) for j in (0, 1))  # rows (N, k, H), (N, k, H')
+        chain_grads.append(torch.mm(left.reshape(-1, left.shape[-1]).t(), right.reshape(-1, right.shape[-1])))
+    first_grad = _stacked([f[1] for f in factors]).sum(0)
     if reverse:  # chain_grads hold W_1[:, :wrt], W_2, ..., W_L-1 and first_grad W_L
         jac_grads, first_layer_grad = [None, *chain_grads[1:], first_grad], chain_grads[0]
     else:  # chain_grads hold W_L, ..., W_2 and first_grad W_1[:, :wrt]ᵀ
-        jac_grads, first_layer_grad, slope_grads = [None, *chain_grads[::-1]], first_grad.mT, slope_grads[::-1]
-    grad_W, grad_b = [None] * len(weights), [None] * len(weights)
-    grad_a = grad_out
-    for k in range(len(weights) - 1, 0, -1):
-        grad_W[k] = torch.addmm(jac_grads[k], grad_a.mT, hs[k])
+        jac_grads, first_layer_grad = [None, *chain_grads[::-1]], first_grad.mT
+    grad_W, grad_b = [None] * layers, [None] * layers
+    for index, k in enumerate(range(layers - 1, -1, -1)):
+        grad_a, h = (_stacked([f[2][index][i] for f in factors]) for i in (0, 1))
+        grad_W[k] = torch.mm(grad_a.t(), h) if jac_grads[k] is None else torch.addmm(jac_grads[k], grad_a.t(), h)
         grad_b[k] = grad_a.sum(0)
-        grad_h = grad_a @ weights[k]
-        d = slopes[k - 1].squeeze(-2)
-        grad_a = grad_h * d
-        curvature = _curvature(hs[k], d, activation, beta)
-        if curvature is not None:
-            grad_a = torch.addcmul(grad_a, slope_grads[k - 1], curvature)
-    grad_W[0], grad_b[0] = grad_a.mT @ hs[0], grad_a.sum(0)
-    grad_W[0][:, :grad_J.shape[-1]] += first_layer_grad
-    return grad_a @ weights[0], grad_W, grad_b
+    grad_W[0][:, :first_layer_grad.shape[-1]] += first_layer_grad
+    return grad_W, grad_b
 
 
 class _Kernels(NamedTuple):
-    "The plain-tensor forward and backward of an MLP's value and Jacobian, eager or compiled."
+    "The plain-tensor forward and backward (to the input) of an MLP's value and Jacobian, eager or compiled."
     forward: Callable
-    backward: Callable
+    backward_to_input: Callable
 
 
-_EAGER_KERNELS = _Kernels(_mlp_forward, _mlp_backward)
+_EAGER_KERNELS = _Kernels(_mlp_forward, _mlp_backward_to_input)
 
 
 @functools.cache
 def _compiled_kernels() -> _Kernels:
-    "`_mlp_forward` and `_mlp_backward` through `torch.compile` (built once; each new input shape compiles anew)."
-    return _Kernels(torch.compile(_mlp_forward, dynamic=False), torch.compile(_mlp_backward, dynamic=False))
+    "`_mlp_forward` and `_mlp_backward_to_input` through `torch.compile` (built once; each input shape compiles anew)."
+    return _Kernels(torch.compile(_mlp_forward, dynamic=False), torch.compile(_mlp_backward_to_input, dynamic=False))
+
+
+def _value_and_jacobian(x, wrt, activation, beta, kernels, *params):
+    "`((out (B,o), J (B,o,wrt)), saved)`: the plain forward of `_MLPValueAndJacobian`."
+    out, J, saved = kernels.forward(x, wrt, params[0::2], params[1::2], activation, beta)
+    return (out, J), saved
+
+
+def _param_grads(grad_W, grad_b):
+    "`[W_1, b_1, ..., W_L, b_L]` order, as `MLP.parameter_list`."
+    return [g for pair in zip(grad_W, grad_b) for g in pair]
+
+
+def _grads_or_zeros(grads, like):
+    "Incoming gradients, with zeros of the shapes in `like` for those autograd left undefined (None)."
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
 
 
 class _MLPValueAndJacobian(torch.autograd.Function):
-    "`_mlp_forward` as one autograd node whose backward is `_mlp_backward`; returns `(out, J, *saved tensors)`."
+    "`_mlp_forward` as one autograd node with a hand-written backward; returns `(out, J)`."
 
     @staticmethod
-    def forward(x, wrt, activation, beta, kernels, *params):
-        out, J, saved = kernels.forward(x, wrt, params[0::2], params[1::2], activation, beta)
-        return out, J, *_flatten_saved(saved)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, wrt, activation, beta, kernels, *params = inputs
-        flat = output[2:]
-        ctx.mark_non_differentiable(*flat)
-        ctx.save_for_backward(x, *params, *flat)
-        ctx.wrt, ctx.num_params, ctx.activation, ctx.beta, ctx.kernels = wrt, len(params), activation, beta, kernels
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return vmap_forward(_MLPValueAndJacobian.forward, info, in_dims, args)
+    def forward(ctx, x, wrt, activation, beta, kernels, *params):
+        outputs, ctx.intermediates = _value_and_jacobian(x, wrt, activation, beta, kernels, *params)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*params, *outputs)
+        ctx.activation, ctx.beta, ctx.kernels = activation, beta, kernels
+        return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out, grad_J, *_):
-        x, *rest = ctx.saved_tensors
-        weights, flat = rest[:ctx.num_params:2], rest[ctx.num_params:]
-        saved = _rebuild_saved(x, flat, weights, ctx.wrt)
-        grad_x, grad_W, grad_b = ctx.kernels.backward(saved, weights, grad_out, grad_J, ctx.activation, ctx.beta)
-        return (grad_x, None, None, None, None, *(g for pair in zip(grad_W, grad_b) for g in pair))
+    def backward(ctx, grad_out, grad_J):
+        *params, out, J = ctx.saved_tensors
+        grad_out, grad_J = _grads_or_zeros((grad_out, grad_J), (out, J))
+        weights = params[0::2]
+        grad_x, factors = ctx.kernels.backward_to_input(ctx.intermediates, weights, grad_out, grad_J, ctx.activation,
+                                                        ctx.beta)
+        return (grad_x, None, None, None, None, *_param_grads(*_mlp_weight_grads([factors], weights)))
 
 
 class MLP(nn.Module):
@@ -204,8 +222,8 @@ class MLP(nn.Module):
         if x.ndim != 2 or x.shape[-1] != self.in_dim:
             raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
         wrt = self.in_dim if wrt is None else wrt
-        outputs = _MLPValueAndJacobian.apply(x, wrt, self.activation, self.beta, self.kernels, *self.parameter_list())
-        return outputs[0], outputs[1]
+        return fused(_MLPValueAndJacobian, _value_and_jacobian, x, wrt, self.activation, self.beta, self.kernels,
+                     *self.parameter_list())
 
 # %% ../nbs/03_models.ipynb
 class PositiveDefinite(nn.Module):
@@ -247,44 +265,48 @@ def _join(z, u, ctrl_dim):
     return torch.cat([z, u], -1)
 
 
+def _residual_time_update(mean, cov, u, Q, activation, beta, kernels, *params):
+    "`((F (B,n), AΣAᵀ+Q (B,n,n), A (B,n,n)), saved)`: the plain forward of `_ResidualTimeUpdate`."
+    n = mean.shape[-1]
+    x = mean if u is None else torch.cat([mean, u], -1)
+    out, J, saved = kernels.forward(x, n, params[0::2], params[1::2], activation, beta)
+    A = J + identity(n, J.dtype, J.device)
+    next_cov = symmetrize(torch.baddbmm(Q, torch.bmm(A, cov), A.mT))
+    return (mean + out, next_cov, A), saved
+
+
+def _residual_time_update_backward(kernels, intermediates, cov, A, weights, grad_mean, grad_cov, grad_A, activation,
+                                   beta, has_controls):
+    "`∂ℓ/∂(μ, Σ, u, Q)` of `_residual_time_update`, and the factors of its weight gradients (`_mlp_weight_grads`)."
+    G = symmetrize(grad_cov)
+    GA = torch.bmm(G, A)
+    grad_A = torch.baddbmm(grad_A, GA, cov, alpha=2)  # Ā + 2 sym(Σ̄') A Σ
+    grad_x, factors = kernels.backward_to_input(intermediates, weights, grad_mean, grad_A, activation, beta)
+    n = A.shape[-1]
+    grad_u = grad_x[:, n:] if has_controls else None
+    return grad_x[:, :n] + grad_mean, torch.bmm(A.mT, GA), grad_u, G, factors
+
+
 class _ResidualTimeUpdate(torch.autograd.Function):
-    "`F(μ,u) = μ + f([μ,u])`, `A Σ Aᵀ + Q`, `A = I + ∂f/∂z` as one autograd node; returns `(F, AΣAᵀ+Q, A, *saved)`."
+    "`F(μ,u) = μ + f([μ,u])`, `A Σ Aᵀ + Q`, `A = I + ∂f/∂z` as one autograd node; returns `(F, AΣAᵀ+Q, A)`."
 
     @staticmethod
-    def forward(mean, cov, u, Q, activation, beta, kernels, *params):
-        n = mean.shape[-1]
-        x = mean if u is None else torch.cat([mean, u], -1)
-        out, J, saved = kernels.forward(x, n, params[0::2], params[1::2], activation, beta)
-        A = J + torch.eye(n, dtype=J.dtype, device=J.device)
-        next_cov = symmetrize(torch.baddbmm(Q, A @ cov, A.mT))
-        return mean + out, next_cov, A, *_flatten_saved(saved)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        mean, cov, u, Q, activation, beta, kernels, *params = inputs
-        flat = output[3:]
-        ctx.mark_non_differentiable(*flat)
-        ctx.save_for_backward(mean, cov, u, output[2], *params, *flat)
-        ctx.num_params, ctx.activation, ctx.beta, ctx.kernels = len(params), activation, beta, kernels
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return vmap_forward(_ResidualTimeUpdate.forward, info, in_dims, args)
+    def forward(ctx, mean, cov, u, Q, activation, beta, kernels, *params):
+        outputs, ctx.intermediates = _residual_time_update(mean, cov, u, Q, activation, beta, kernels, *params)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(cov, *params, *outputs)
+        ctx.activation, ctx.beta, ctx.kernels, ctx.has_controls = activation, beta, kernels, u is not None
+        return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_mean, grad_cov, grad_A, *_):
-        mean, cov, u, A, *rest = ctx.saved_tensors
-        weights, flat = rest[:ctx.num_params:2], rest[ctx.num_params:]
-        n = mean.shape[-1]
-        saved = _rebuild_saved(mean if u is None else torch.cat([mean, u], -1), flat, weights, n)
-        G = symmetrize(grad_cov)
-        GA = G @ A
-        grad_A = torch.baddbmm(grad_A, GA, cov, alpha=2)  # Ā + 2 sym(Σ̄') A Σ
-        grad_x, grad_W, grad_b = ctx.kernels.backward(saved, weights, grad_mean, grad_A, ctx.activation, ctx.beta)
-        grad_u = grad_x[:, n:] if grad_x.shape[-1] > n else None
-        return (grad_x[:, :n] + grad_mean, A.mT @ GA, grad_u, G, None, None, None,
-                *(g for pair in zip(grad_W, grad_b) for g in pair))
+    def backward(ctx, grad_mean, grad_cov, grad_A):
+        cov, *params, next_mean, next_cov, A = ctx.saved_tensors
+        grads = _grads_or_zeros((grad_mean, grad_cov, grad_A), (next_mean, next_cov, A))
+        weights = params[0::2]
+        *input_grads, factors = _residual_time_update_backward(
+            ctx.kernels, ctx.intermediates, cov, A, weights, *grads, ctx.activation, ctx.beta, ctx.has_controls)
+        return (*input_grads, None, None, None, *_param_grads(*_mlp_weight_grads([factors], weights)))
 
 
 class ResidualDynamics(nn.Module):
@@ -317,8 +339,45 @@ class ResidualDynamics(nn.Module):
         if self.ctrl_dim and u is None:
             raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
         u = u if self.ctrl_dim else None
-        return _ResidualTimeUpdate.apply(mean, cov, u, Q.expand(B, n, n), self.f.activation, self.f.beta,
-                                         self.f.kernels, *self.f.parameter_list())[:3]
+        return fused(_ResidualTimeUpdate, _residual_time_update, mean, cov, u, Q.expand(B, n, n), self.f.activation,
+                     self.f.beta, self.f.kernels, *self.f.parameter_list())
+
+    def filter_recursion(
+        self,
+        observe: nn.Module,  # the observation model
+        y: torch.Tensor,  # `(B, T, p)`, zero where masked
+        u: torch.Tensor | None,  # `(B, T, m)`
+        mask: torch.Tensor | None,  # `(B, T)` bool
+        mean: torch.Tensor,  # `(B, n)` prior mean of the first state
+        cov: torch.Tensor,  # `(B, n, n)`
+        Q: torch.Tensor,  # `(B, n, n)`
+        R: torch.Tensor,  # `(B, p, p)`
+        robust: bool,  # factorise with `psd_cholesky`'s jitter retries
+    ) -> dict | None:  # the stacked fields of `01_ekf`'s filter loop, or None where `observe` is not an eager `MLP`
+        "The whole EKF recursion as one autograd node, for an `MLP` observation model (called by `ekf_filter`)."
+        if not (isinstance(observe, MLP) and observe.kernels is _EAGER_KERNELS and self.f.kernels is _EAGER_KERNELS):
+            return None
+        if self.ctrl_dim and u is None:
+            raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
+        fields = fused(_Filter, _filter_loop, self, observe, y, u if self.ctrl_dim else None, mask, mean, cov, Q, R,
+                       robust, *self.f.parameter_list(), *observe.parameter_list())
+        return dict(zip(FILTER_FIELDS, fields))
+
+    def rollout(
+        self,
+        mean: torch.Tensor,  # `(B, n)`
+        cov: torch.Tensor,  # `(B, n, n)`
+        u: torch.Tensor | None,  # `(B, ≥steps-1, m)`
+        Q: torch.Tensor,  # `(B, n, n)`
+        steps: int,  # beliefs returned, the given one first
+    ) -> tuple | None:  # means `(B,steps,n)`, covariances `(B,steps,n,n)`, Jacobians `(B,steps-1,n,n)`; None if compiled
+        "Open-loop prediction as one autograd node (called by `ekf_predict`)."
+        if self.f.kernels is not _EAGER_KERNELS:
+            return None
+        if self.ctrl_dim and u is None:
+            raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
+        return fused(_Rollout, _rollout_loop, self, mean, cov, u if self.ctrl_dim else None, Q, steps,
+                     *self.f.parameter_list())
 
 
 class LinearEnsembleDynamics(nn.Module):
@@ -354,6 +413,150 @@ class LinearEnsembleDynamics(nn.Module):
         A_mix = (alpha @ self.A.flatten(1)).view(-1, self.latent_dim, self.latent_dim)
         Vt_dalpha = V.mT * alpha.unsqueeze(1) - out.unsqueeze(-1) * alpha.unsqueeze(1)  # Vᵀ(diag α - ααᵀ)
         return out, A_mix + Vt_dalpha @ J_logits
+
+# %% ../nbs/03_models.ipynb
+def _rollout_loop(dynamics, mean, cov, u, Q, steps, *params):
+    "`((means (B,S,n), covs (B,S,n,n), A (B,S-1,n,n)), saved)`: the open-loop prediction of `steps` beliefs."
+    f = dynamics.f
+    means, covs, jacobians, saved = [mean], [cov], [], []
+    for k in range(steps - 1):
+        (mean, cov, A), step_saved = _residual_time_update(
+            mean, cov, None if u is None else u[:, k], Q, f.activation, f.beta, _EAGER_KERNELS, *params)
+        means.append(mean), covs.append(cov), jacobians.append(A), saved.append(step_saved)
+    B, n = mean.shape
+    jacobians = torch.stack(jacobians, 1) if jacobians else mean.new_zeros(B, 0, n, n)
+    return (torch.stack(means, 1), torch.stack(covs, 1), jacobians), saved
+
+
+class _Rollout(torch.autograd.Function):
+    "`_rollout_loop` as one autograd node: the adjoint runs back over the steps; weight gradients summed once."
+
+    @staticmethod
+    def forward(ctx, dynamics, mean, cov, u, Q, steps, *params):
+        outputs, ctx.intermediates = _rollout_loop(dynamics, mean, cov, u, Q, steps, *params)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*params, *outputs)
+        ctx.f, ctx.has_controls, ctx.control_steps = dynamics.f, u is not None, None if u is None else u.shape[1]
+        return outputs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_means, grad_covs, grad_A):
+        *params, means, covs, jacobians = ctx.saved_tensors
+        f, weights = ctx.f, params[0::2]
+        grad_means, grad_covs, grad_A = (g.unbind(1) for g in _grads_or_zeros(
+            (grad_means, grad_covs, grad_A), (means, covs, jacobians)))
+        covs, jacobians = covs.unbind(1), jacobians.unbind(1)
+        carry_mean, carry_cov = grad_means[-1], grad_covs[-1]
+        grad_u, grad_Q, factors = [], [], []
+        for k in range(len(jacobians) - 1, -1, -1):
+            grad_mean, grad_cov, grad_u_k, grad_Q_k, step_factors = _residual_time_update_backward(
+                _EAGER_KERNELS, ctx.intermediates[k], covs[k], jacobians[k], weights, carry_mean, carry_cov,
+                grad_A[k], f.activation, f.beta, ctx.has_controls)
+            carry_mean, carry_cov = grad_means[k] + grad_mean, grad_covs[k] + grad_cov
+            grad_u.append(grad_u_k), grad_Q.append(grad_Q_k), factors.append(step_factors)
+        if not factors:
+            return None, carry_mean, carry_cov, None, None, None, *[None] * len(params)
+        grad_Q = torch.stack(grad_Q).sum(0)
+        grad_u = _control_grads(grad_u[::-1], ctx) if ctx.has_controls and ctx.needs_input_grad[3] else None
+        return (None, carry_mean, carry_cov, grad_u, grad_Q, None, *_param_grads(*_mlp_weight_grads(factors, weights)))
+
+
+def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params):
+    """`(fields, saved)`: the EKF recursion of `01_ekf` for residual-MLP dynamics and an MLP observation model,
+    its per-step quantities stacked over time in the order of `FILTER_FIELDS`."""
+    f, T = dynamics.f, y.shape[1]
+    dynamics_params, observation_params = params[:2 * len(f.linears)], params[2 * len(f.linears):]
+    fields, saved = [[] for _ in FILTER_FIELDS], []
+    for t in range(T):
+        (y_pred, C), observation_saved = _value_and_jacobian(
+            mean, mean.shape[-1], observe.activation, observe.beta, _EAGER_KERNELS, *observation_params)
+        (new_mean, new_cov, S, info), update_saved = _kalman_update(mean, cov, y_pred, C, R, y[:, t], robust)
+        step_saved = [observation_saved, update_saved, new_cov]
+        if mask is not None:
+            new_mean = torch.where(mask[:, t, None], new_mean, mean)
+            new_cov = torch.where(mask[:, t, None, None], new_cov, cov)
+        for field, value in zip(fields, (mean, cov, new_mean, new_cov, y_pred, S, C)):
+            field.append(value)
+        fields[8].append(info)
+        if t < T - 1:
+            (mean, cov, A), dynamics_saved = _residual_time_update(
+                new_mean, new_cov, None if u is None else u[:, t], Q, f.activation, f.beta, _EAGER_KERNELS,
+                *dynamics_params)
+            fields[7].append(A), step_saved.append(dynamics_saved)
+        saved.append(step_saved)
+    B, n = mean.shape
+    return [torch.stack(v, 1) if v else y.new_zeros(B, 0, n, n) for v in fields], saved
+
+
+class _Filter(torch.autograd.Function):
+    """`_filter_loop` as one autograd node. Its backward runs the steps' adjoints (`_kalman_update_backward`,
+    `_residual_time_update_backward`, the observation MLP's) back in time, and sums the weight gradients
+    of all steps at the end, one product per weight."""
+
+    @staticmethod
+    def forward(ctx, dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params):
+        fields, ctx.intermediates = _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(fields[8])
+        ctx.save_for_backward(*params, *fields[:8])
+        ctx.f, ctx.g, ctx.mask, ctx.num_dynamics = dynamics.f, observe, mask, 2 * len(dynamics.f.linears)
+        ctx.has_controls, ctx.control_steps = u is not None, None if u is None else u.shape[1]
+        return tuple(fields)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        *params, pm, pc, fm, fc, ym, S, C, A = ctx.saved_tensors
+        f, g, mask = ctx.f, ctx.g, ctx.mask
+        dynamics_weights, observation_weights = params[:ctx.num_dynamics:2], params[ctx.num_dynamics::2]
+        outputs = (pm, pc, fm, fc, ym, S, C, A)
+        grad_pm, grad_pc, grad_fm, grad_fc, grad_ym, grad_S, grad_C, grad_A = (
+            x.unbind(1) for x in _grads_or_zeros(grads[:8], outputs))
+        pc, fc, C, A = pc.unbind(1), fc.unbind(1), C.unbind(1), A.unbind(1)
+        T = len(pc)
+        carry_mean = carry_cov = None  # ∂ℓ/∂(μ, Σ) of the prediction for step t + 1
+        grad_y, grad_u, grad_Q, grad_R, dynamics_factors, observation_factors = [], [], [], [], [], []
+        for t in range(T - 1, -1, -1):
+            observation_saved, update_saved, updated_cov, *dynamics_saved = ctx.intermediates[t]
+            to_mean, to_cov = grad_fm[t], grad_fc[t]
+            if t < T - 1:
+                back_mean, back_cov, grad_u_t, grad_Q_t, factors = _residual_time_update_backward(
+                    _EAGER_KERNELS, dynamics_saved[0], fc[t], A[t], dynamics_weights, carry_mean, carry_cov,
+                    grad_A[t], f.activation, f.beta, ctx.has_controls)
+                to_mean, to_cov = to_mean + back_mean, to_cov + back_cov
+                grad_u.append(grad_u_t), grad_Q.append(grad_Q_t), dynamics_factors.append(factors)
+            skip_mean = skip_cov = None
+            if mask is not None:
+                seen = mask[:, t]
+                skip_mean, to_mean = torch.where(seen[:, None], 0.0, to_mean), torch.where(seen[:, None], to_mean, 0.0)
+                skip_cov = torch.where(seen[:, None, None], 0.0, to_cov)
+                to_cov = torch.where(seen[:, None, None], to_cov, 0.0)
+            grad_mean, grad_cov, grad_y_pred, grad_C_t, grad_R_t, grad_y_t = _kalman_update_backward(
+                pc[t], C[t], updated_cov, update_saved, to_mean, to_cov, grad_S[t])
+            grad_x, factors = _mlp_backward_to_input(observation_saved, observation_weights, grad_y_pred + grad_ym[t],
+                                                     grad_C_t + grad_C[t], g.activation, g.beta)
+            observation_factors.append(factors)
+            carry_mean, carry_cov = grad_pm[t] + grad_mean + grad_x, grad_pc[t] + grad_cov
+            if skip_mean is not None:
+                carry_mean, carry_cov = carry_mean + skip_mean, carry_cov + skip_cov
+            grad_y.append(grad_y_t), grad_R.append(grad_R_t)
+        grad_y = torch.stack(grad_y[::-1], 1) if ctx.needs_input_grad[2] else None
+        grad_u = _control_grads(grad_u[::-1], ctx) if ctx.has_controls and grad_u and ctx.needs_input_grad[3] else None
+        grad_Q = torch.stack(grad_Q).sum(0) if grad_Q else None
+        grad_R = torch.stack(grad_R).sum(0)
+        dynamics_grads = (_param_grads(*_mlp_weight_grads(dynamics_factors, dynamics_weights)) if dynamics_factors
+                          else [None] * ctx.num_dynamics)
+        observation_grads = _param_grads(*_mlp_weight_grads(observation_factors, observation_weights))
+        return (None, None, grad_y, grad_u, None, carry_mean, carry_cov, grad_Q, grad_R, None,
+                *dynamics_grads, *observation_grads)
+
+
+def _control_grads(per_step, ctx):
+    "`∂ℓ/∂u` `(B, T_u, m)` from the gradients of the controls the steps used, zero for the ones they did not."
+    grads = torch.stack(per_step, 1)
+    unused = ctx.control_steps - grads.shape[1]
+    return torch.cat([grads, grads.new_zeros(grads.shape[0], unused, grads.shape[2])], 1) if unused else grads
 
 # %% ../nbs/03_models.ipynb
 class Forecast(NamedTuple):

@@ -21,19 +21,16 @@ def example(tmp_path, **changes):
     return get_experiment("example", **{**options, **changes})
 
 
-class _OpByOp:
-    "Stands in for a fused autograd node: calls its forward, so that autograd records the plain operations."
-
-    def __init__(self, node):
-        self.apply = node.forward
+def _op_by_op(node, plain, *args):
+    "Stands in for `fused`: calls a fused node's plain forward, so that autograd records the plain operations."
+    return plain(*args)[0]
 
 
 def solo_op_by_op(config, run_dir):
     "A solo run differentiated as under `vmap`: the fused nodes replaced by their plain forward operations."
     with pytest.MonkeyPatch.context() as patch:
-        for module, name in ((ekf, "_KalmanUpdate"), (ekf, "_RTSRecursion"), (models, "_MLPValueAndJacobian"),
-                             (models, "_ResidualTimeUpdate")):
-            patch.setattr(module, name, _OpByOp(getattr(module, name)))
+        for module in (ekf, models):
+            patch.setattr(module, "fused", _op_by_op)
         return train(config, progress=False, run_dir=run_dir)
 
 
