@@ -27,7 +27,7 @@ SWEEP_DEFAULT = [(50, 16, 8), (200, 16, 8), (1000, 16, 8), (50, 256, 8), (50, 10
 
 def training_step(model, y, u):
     "One iteration at full loss weights (iteration past burn-in and KL anneal), as SPEC §10 times it."
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)  # as `train` does
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -138,22 +138,27 @@ def _kalman_update(mean, cov, y_pred, C, R, y, robust):
     return (new_mean, new_cov, S, info), (Kt, L, resid, M)
 
 
-def _kalman_update_backward(cov, C, new_cov, intermediates, grad_mean, grad_cov, grad_S):
-    "`∂ℓ/∂(μ, Σ, ŷ, C, R, y)` of `_kalman_update` from the gradients of `(μ', Σ', S)` (tensors, not None)."
+def _kalman_update_backward(cov, C, new_cov, intermediates, grad_mean, grad_cov, grad_S=None):
+    """`∂ℓ/∂(μ, Σ, ŷ, C, R, y)` of `_kalman_update` from the gradients of `(μ', Σ', S)` (`grad_S` None: zero).
+
+    `∂ℓ/∂Σ` and `∂ℓ/∂R` are returned unsymmetrised: their symmetric parts, the only directions in which a
+    covariance moves, are those above, and a recursion symmetrises them once where it hands them on."""
     Kt, L, resid, M = intermediates
-    G, G_S, g, Ct = symmetrize(grad_cov), symmetrize(grad_S), grad_mean.unsqueeze(-1), C.mT
+    G, g, Ct = symmetrize(grad_cov), grad_mean.unsqueeze(-1), C.mT
     s = torch.cholesky_solve(resid.unsqueeze(-1), L)  # S⁻¹ r, (B,p,1)
     Ktg = torch.bmm(Kt, g)  # Kᵀ μ̄', (B,p,1)
-    GM = torch.bmm(G, M)
     Mtg, Cts = torch.baddbmm(g, Ct, Ktg, alpha=-1), torch.bmm(Ct, s)
-    G_S_C = torch.bmm(G_S, C)
-    grad_cov = torch.baddbmm(torch.bmm(M.mT, GM), Ct, G_S_C) + symmetrize(torch.bmm(Mtg, Cts.mT))
+    grad_cov = torch.baddbmm(torch.bmm(M.mT, torch.bmm(G, M)), Mtg, Cts.mT)
     GK = torch.bmm(G, Kt.mT)
-    grad_R = torch.baddbmm(G_S, Kt, GK) - symmetrize(torch.bmm(Ktg, s.mT))
+    grad_R = torch.baddbmm(torch.bmm(Kt, GK), Ktg, s.mT, alpha=-1)
     Kr = torch.bmm(Kt.mT, resid.unsqueeze(-1))
     grad_C = torch.baddbmm(torch.bmm(s, torch.bmm(new_cov, g).mT), Ktg, Kr.mT, alpha=-1)
     grad_C = torch.baddbmm(grad_C, GK.mT, new_cov, alpha=-2)
-    grad_C = torch.baddbmm(grad_C, G_S_C, cov, alpha=2)
+    if grad_S is not None:
+        G_S = symmetrize(grad_S)
+        G_S_C = torch.bmm(G_S, C)
+        grad_cov, grad_R = torch.baddbmm(grad_cov, Ct, G_S_C), grad_R + G_S
+        grad_C = torch.baddbmm(grad_C, G_S_C, cov, alpha=2)
     grad_y = Ktg.squeeze(-1)
     return grad_mean, grad_cov, -grad_y, grad_C, grad_R, grad_y
 
@@ -166,15 +171,18 @@ class _KalmanUpdate(torch.autograd.Function):
         outputs, ctx.intermediates = _kalman_update(mean, cov, y_pred, C, R, y, robust)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(outputs[3])
-        ctx.save_for_backward(cov, C, *outputs[:3])
+        ctx.save_for_backward(cov, C, *outputs[:2])
         return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_mean, grad_cov, grad_S, _):
-        cov, C, new_mean, new_cov, S = ctx.saved_tensors
-        grads = [torch.zeros_like(t) if g is None else g for g, t in zip((grad_mean, grad_cov, grad_S), (new_mean, new_cov, S))]
-        return *_kalman_update_backward(cov, C, new_cov, ctx.intermediates, *grads), None
+        cov, C, new_mean, new_cov = ctx.saved_tensors
+        grad_mean = torch.zeros_like(new_mean) if grad_mean is None else grad_mean
+        grad_cov = torch.zeros_like(new_cov) if grad_cov is None else grad_cov
+        grads = _kalman_update_backward(cov, C, new_cov, ctx.intermediates, grad_mean, grad_cov, grad_S)
+        grad_mean, grad_cov, grad_y_pred, grad_C, grad_R, grad_y = grads
+        return grad_mean, symmetrize(grad_cov), grad_y_pred, grad_C, symmetrize(grad_R), grad_y, None
 
 
 def _update_step(mean, cov, y_pred, C, R, y, observed, robust):

@@ -510,11 +510,11 @@ class _Filter(torch.autograd.Function):
         *params, pm, pc, fm, fc, ym, S, C, A = ctx.saved_tensors
         f, g, mask = ctx.f, ctx.g, ctx.mask
         dynamics_weights, observation_weights = params[:ctx.num_dynamics:2], params[ctx.num_dynamics::2]
-        outputs = (pm, pc, fm, fc, ym, S, C, A)
-        grad_pm, grad_pc, grad_fm, grad_fc, grad_ym, grad_S, grad_C, grad_A = (
-            x.unbind(1) for x in _grads_or_zeros(grads[:8], outputs))
+        T = pm.shape[1]
+        grad_pm, grad_pc, grad_fm, grad_fc, grad_A = (
+            x.unbind(1) for x in _grads_or_zeros([grads[k] for k in (0, 1, 2, 3, 7)], (pm, pc, fm, fc, A)))
+        grad_ym, grad_S, grad_C = ([None] * T if grad is None else grad.unbind(1) for grad in grads[4:7])
         pc, fc, C, A = pc.unbind(1), fc.unbind(1), C.unbind(1), A.unbind(1)
-        T = len(pc)
         carry_mean = carry_cov = None  # ∂ℓ/∂(μ, Σ) of the prediction for step t + 1
         grad_y, grad_u, grad_Q, grad_R, dynamics_factors, observation_factors = [], [], [], [], [], []
         for t in range(T - 1, -1, -1):
@@ -534,8 +534,12 @@ class _Filter(torch.autograd.Function):
                 to_cov = torch.where(seen[:, None, None], to_cov, 0.0)
             grad_mean, grad_cov, grad_y_pred, grad_C_t, grad_R_t, grad_y_t = _kalman_update_backward(
                 pc[t], C[t], updated_cov, update_saved, to_mean, to_cov, grad_S[t])
-            grad_x, factors = _mlp_backward_to_input(observation_saved, observation_weights, grad_y_pred + grad_ym[t],
-                                                     grad_C_t + grad_C[t], g.activation, g.beta)
+            if grad_ym[t] is not None:
+                grad_y_pred = grad_y_pred + grad_ym[t]
+            if grad_C[t] is not None:
+                grad_C_t = grad_C_t + grad_C[t]
+            grad_x, factors = _mlp_backward_to_input(observation_saved, observation_weights, grad_y_pred, grad_C_t,
+                                                     g.activation, g.beta)
             observation_factors.append(factors)
             carry_mean, carry_cov = grad_pm[t] + grad_mean + grad_x, grad_pc[t] + grad_cov
             if skip_mean is not None:
@@ -544,11 +548,11 @@ class _Filter(torch.autograd.Function):
         grad_y = torch.stack(grad_y[::-1], 1) if ctx.needs_input_grad[2] else None
         grad_u = _control_grads(grad_u[::-1], ctx) if ctx.has_controls and grad_u and ctx.needs_input_grad[3] else None
         grad_Q = torch.stack(grad_Q).sum(0) if grad_Q else None
-        grad_R = torch.stack(grad_R).sum(0)
+        grad_R = symmetrize(torch.stack(grad_R).sum(0))
         dynamics_grads = (_param_grads(*_mlp_weight_grads(dynamics_factors, dynamics_weights)) if dynamics_factors
                           else [None] * ctx.num_dynamics)
         observation_grads = _param_grads(*_mlp_weight_grads(observation_factors, observation_weights))
-        return (None, None, grad_y, grad_u, None, carry_mean, carry_cov, grad_Q, grad_R, None,
+        return (None, None, grad_y, grad_u, None, carry_mean, symmetrize(carry_cov), grad_Q, grad_R, None,
                 *dynamics_grads, *observation_grads)
 
 

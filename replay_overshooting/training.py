@@ -411,7 +411,7 @@ def train(
 
     torch.manual_seed(config.seed)
     model = build_model(config, dataset).to(device=device, dtype=dtype)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
     per_epoch = math.ceil(len(dataset) / config.batch_size)
     total = config.max_iterations if config.max_iterations is not None else config.epochs * per_epoch
     start, rows = 0, []
@@ -654,7 +654,7 @@ def _train_vectorised(configs, run_dirs, *, resume, progress, callbacks, dataset
         model.load_state_dict(state["model"])
     params, buffers = stack_module_state([_LossModule(m, c) for m, c in zip(models, configs)])
     base = _LossModule(models[0], config)  # its own weights are unused: `functional_call` swaps in seed k's
-    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr, foreach=True)
     if states:
         optimizer.load_state_dict(_stacked_optimizer_state([state["optimizer"] for state in states]))
     start = states[0]["iteration"] if states else 0
