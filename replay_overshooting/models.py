@@ -125,6 +125,34 @@ def _mlp_weight_grads(factors, weights):
     return grad_W, grad_b
 
 
+class _WeightGradients:
+    """An MLP's weight gradients summed over the steps of a recursion: one `_mlp_weight_grads` per block of
+    steps with up to `block_rows` chain rows, so that large batches do not copy all steps' rows at once."""
+
+    def __init__(self, weights, block_rows: int = 4096):
+        self.weights, self.block_rows, self.pending, self.rows, self.total = weights, block_rows, [], 0, None
+
+    def add(self, factors):
+        "Take one step's `_mlp_backward_to_input` factors."
+        self.pending.append(factors)
+        self.rows += factors[1].shape[0] * factors[1].shape[1]
+        if self.rows >= self.block_rows:
+            self._flush()
+
+    def _flush(self):
+        grad_W, grad_b = _mlp_weight_grads(self.pending, self.weights)
+        if self.total is not None:
+            grad_W = [a + b for a, b in zip(self.total[0], grad_W)]
+            grad_b = [a + b for a, b in zip(self.total[1], grad_b)]
+        self.total, self.pending, self.rows = (grad_W, grad_b), [], 0
+
+    def result(self) -> list:
+        "Gradients in `MLP.parameter_list` order; None for each parameter when no step was added."
+        if self.pending:
+            self._flush()
+        return [None] * 2 * len(self.weights) if self.total is None else _param_grads(*self.total)
+
+
 class _Kernels(NamedTuple):
     "The plain-tensor forward and backward (to the input) of an MLP's value and Jacobian, eager or compiled."
     forward: Callable
@@ -353,9 +381,9 @@ class ResidualDynamics(nn.Module):
         Q: torch.Tensor,  # `(B, n, n)`
         R: torch.Tensor,  # `(B, p, p)`
         robust: bool,  # factorise with `psd_cholesky`'s jitter retries
-    ) -> dict | None:  # the stacked fields of `01_ekf`'s filter loop, or None where `observe` is not an eager `MLP`
+    ) -> dict | None:  # the stacked fields of `01_ekf`'s filter loop, or None where `observe` is not an `MLP`
         "The whole EKF recursion as one autograd node, for an `MLP` observation model (called by `ekf_filter`)."
-        if not (isinstance(observe, MLP) and observe.kernels is _EAGER_KERNELS and self.f.kernels is _EAGER_KERNELS):
+        if not isinstance(observe, MLP):
             return None
         if self.ctrl_dim and u is None:
             raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
@@ -370,10 +398,8 @@ class ResidualDynamics(nn.Module):
         u: torch.Tensor | None,  # `(B, ≥steps-1, m)`
         Q: torch.Tensor,  # `(B, n, n)`
         steps: int,  # beliefs returned, the given one first
-    ) -> tuple | None:  # means `(B,steps,n)`, covariances `(B,steps,n,n)`, Jacobians `(B,steps-1,n,n)`; None if compiled
+    ) -> tuple:  # means `(B,steps,n)`, covariances `(B,steps,n,n)`, Jacobians `(B,steps-1,n,n)`
         "Open-loop prediction as one autograd node (called by `ekf_predict`)."
-        if self.f.kernels is not _EAGER_KERNELS:
-            return None
         if self.ctrl_dim and u is None:
             raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
         return fused(_Rollout, _rollout_loop, self, mean, cov, u if self.ctrl_dim else None, Q, steps,
@@ -421,7 +447,7 @@ def _rollout_loop(dynamics, mean, cov, u, Q, steps, *params):
     means, covs, jacobians, saved = [mean], [cov], [], []
     for k in range(steps - 1):
         (mean, cov, A), step_saved = _residual_time_update(
-            mean, cov, None if u is None else u[:, k], Q, f.activation, f.beta, _EAGER_KERNELS, *params)
+            mean, cov, None if u is None else u[:, k], Q, f.activation, f.beta, f.kernels, *params)
         means.append(mean), covs.append(cov), jacobians.append(A), saved.append(step_saved)
     B, n = mean.shape
     jacobians = torch.stack(jacobians, 1) if jacobians else mean.new_zeros(B, 0, n, n)
@@ -448,18 +474,16 @@ class _Rollout(torch.autograd.Function):
             (grad_means, grad_covs, grad_A), (means, covs, jacobians)))
         covs, jacobians = covs.unbind(1), jacobians.unbind(1)
         carry_mean, carry_cov = grad_means[-1], grad_covs[-1]
-        grad_u, grad_Q, factors = [], [], []
+        grad_u, grad_Q, weight_grads = [], [], _WeightGradients(weights)
         for k in range(len(jacobians) - 1, -1, -1):
             grad_mean, grad_cov, grad_u_k, grad_Q_k, step_factors = _residual_time_update_backward(
-                _EAGER_KERNELS, ctx.intermediates[k], covs[k], jacobians[k], weights, carry_mean, carry_cov,
+                f.kernels, ctx.intermediates[k], covs[k], jacobians[k], weights, carry_mean, carry_cov,
                 grad_A[k], f.activation, f.beta, ctx.has_controls)
             carry_mean, carry_cov = grad_means[k] + grad_mean, grad_covs[k] + grad_cov
-            grad_u.append(grad_u_k), grad_Q.append(grad_Q_k), factors.append(step_factors)
-        if not factors:
-            return None, carry_mean, carry_cov, None, None, None, *[None] * len(params)
-        grad_Q = torch.stack(grad_Q).sum(0)
-        grad_u = _control_grads(grad_u[::-1], ctx) if ctx.has_controls and ctx.needs_input_grad[3] else None
-        return (None, carry_mean, carry_cov, grad_u, grad_Q, None, *_param_grads(*_mlp_weight_grads(factors, weights)))
+            grad_u.append(grad_u_k), grad_Q.append(grad_Q_k), weight_grads.add(step_factors)
+        grad_Q = torch.stack(grad_Q).sum(0) if grad_Q else None
+        grad_u = _control_grads(grad_u[::-1], ctx) if ctx.has_controls and grad_u and ctx.needs_input_grad[3] else None
+        return (None, carry_mean, carry_cov, grad_u, grad_Q, None, *weight_grads.result())
 
 
 def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params):
@@ -470,7 +494,7 @@ def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params
     fields, saved = [[] for _ in FILTER_FIELDS], []
     for t in range(T):
         (y_pred, C), observation_saved = _value_and_jacobian(
-            mean, mean.shape[-1], observe.activation, observe.beta, _EAGER_KERNELS, *observation_params)
+            mean, mean.shape[-1], observe.activation, observe.beta, observe.kernels, *observation_params)
         (new_mean, new_cov, S, info), update_saved = _kalman_update(mean, cov, y_pred, C, R, y[:, t], robust)
         step_saved = [observation_saved, update_saved, new_cov]
         if mask is not None:
@@ -481,7 +505,7 @@ def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params
         fields[8].append(info)
         if t < T - 1:
             (mean, cov, A), dynamics_saved = _residual_time_update(
-                new_mean, new_cov, None if u is None else u[:, t], Q, f.activation, f.beta, _EAGER_KERNELS,
+                new_mean, new_cov, None if u is None else u[:, t], Q, f.activation, f.beta, f.kernels,
                 *dynamics_params)
             fields[7].append(A), step_saved.append(dynamics_saved)
         saved.append(step_saved)
@@ -516,16 +540,17 @@ class _Filter(torch.autograd.Function):
         grad_ym, grad_S, grad_C = ([None] * T if grad is None else grad.unbind(1) for grad in grads[4:7])
         pc, fc, C, A = pc.unbind(1), fc.unbind(1), C.unbind(1), A.unbind(1)
         carry_mean = carry_cov = None  # ∂ℓ/∂(μ, Σ) of the prediction for step t + 1
-        grad_y, grad_u, grad_Q, grad_R, dynamics_factors, observation_factors = [], [], [], [], [], []
+        grad_y, grad_u, grad_Q, grad_R = [], [], [], []
+        dynamics_grads, observation_grads = _WeightGradients(dynamics_weights), _WeightGradients(observation_weights)
         for t in range(T - 1, -1, -1):
             observation_saved, update_saved, updated_cov, *dynamics_saved = ctx.intermediates[t]
             to_mean, to_cov = grad_fm[t], grad_fc[t]
             if t < T - 1:
                 back_mean, back_cov, grad_u_t, grad_Q_t, factors = _residual_time_update_backward(
-                    _EAGER_KERNELS, dynamics_saved[0], fc[t], A[t], dynamics_weights, carry_mean, carry_cov,
+                    f.kernels, dynamics_saved[0], fc[t], A[t], dynamics_weights, carry_mean, carry_cov,
                     grad_A[t], f.activation, f.beta, ctx.has_controls)
                 to_mean, to_cov = to_mean + back_mean, to_cov + back_cov
-                grad_u.append(grad_u_t), grad_Q.append(grad_Q_t), dynamics_factors.append(factors)
+                grad_u.append(grad_u_t), grad_Q.append(grad_Q_t), dynamics_grads.add(factors)
             skip_mean = skip_cov = None
             if mask is not None:
                 seen = mask[:, t]
@@ -538,9 +563,9 @@ class _Filter(torch.autograd.Function):
                 grad_y_pred = grad_y_pred + grad_ym[t]
             if grad_C[t] is not None:
                 grad_C_t = grad_C_t + grad_C[t]
-            grad_x, factors = _mlp_backward_to_input(observation_saved, observation_weights, grad_y_pred, grad_C_t,
-                                                     g.activation, g.beta)
-            observation_factors.append(factors)
+            grad_x, factors = g.kernels.backward_to_input(observation_saved, observation_weights, grad_y_pred, grad_C_t,
+                                                          g.activation, g.beta)
+            observation_grads.add(factors)
             carry_mean, carry_cov = grad_pm[t] + grad_mean + grad_x, grad_pc[t] + grad_cov
             if skip_mean is not None:
                 carry_mean, carry_cov = carry_mean + skip_mean, carry_cov + skip_cov
@@ -549,11 +574,8 @@ class _Filter(torch.autograd.Function):
         grad_u = _control_grads(grad_u[::-1], ctx) if ctx.has_controls and grad_u and ctx.needs_input_grad[3] else None
         grad_Q = torch.stack(grad_Q).sum(0) if grad_Q else None
         grad_R = symmetrize(torch.stack(grad_R).sum(0))
-        dynamics_grads = (_param_grads(*_mlp_weight_grads(dynamics_factors, dynamics_weights)) if dynamics_factors
-                          else [None] * ctx.num_dynamics)
-        observation_grads = _param_grads(*_mlp_weight_grads(observation_factors, observation_weights))
         return (None, None, grad_y, grad_u, None, carry_mean, symmetrize(carry_cov), grad_Q, grad_R, None,
-                *dynamics_grads, *observation_grads)
+                *dynamics_grads.result(), *observation_grads.result())
 
 
 def _control_grads(per_step, ctx):
