@@ -516,7 +516,7 @@ def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params
 class _Filter(torch.autograd.Function):
     """`_filter_loop` as one autograd node. Its backward runs the steps' adjoints (`_kalman_update_backward`,
     `_residual_time_update_backward`, the observation MLP's) back in time, and sums the weight gradients
-    of all steps at the end, one product per weight."""
+    of all steps in a few products per weight (`_WeightGradients`)."""
 
     @staticmethod
     def forward(ctx, dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params):
