@@ -74,8 +74,8 @@ def _mlp_forward(x, wrt, weights, biases, activation, beta):
 def _mlp_backward_to_input(saved, weights, grad_out, grad_J, activation, beta):
     """`∂ℓ/∂x`, and the factors whose products give the weight gradients (`_mlp_weight_grads`).
 
-    Only `∂ℓ/∂x` is needed at once in a recursion; the weight gradients of all its steps are summed
-    later, in one product per weight over all the steps' rows."""
+    Only `∂ℓ/∂x` is needed at once in a recursion; the weight gradients of its steps are summed later,
+    a block of steps at a time (`_WeightGradients`)."""
     hs, slopes, mats, chain_slopes, befores, afters, reverse = saved
     grad, chain_factors, slope_grads = (grad_J if reverse else grad_J.mT), [], []
     for M, d, before, after in zip(mats[::-1], chain_slopes[::-1], befores[::-1], afters[::-1]):
