@@ -122,6 +122,11 @@ def fused(
     return node.apply(*args)
 
 
+def _grads_or_zeros(grads, like):
+    "Incoming gradients, with zeros of the shapes in `like` for those autograd left undefined (None)."
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
+
+
 def _kalman_update(mean, cov, y_pred, C, R, y, robust):
     "Joseph-form update; returns `((μ', Σ', S, info), saved for the backward)`. Shapes `(B,n)`, `(B,n,n)`, `(B,p)`, `(B,p,n)`."
     CP = torch.bmm(C, cov)  # (B,p,n) = C Σ
@@ -178,8 +183,7 @@ class _KalmanUpdate(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_mean, grad_cov, grad_S, _):
         cov, C, new_mean, new_cov = ctx.saved_tensors
-        grad_mean = torch.zeros_like(new_mean) if grad_mean is None else grad_mean
-        grad_cov = torch.zeros_like(new_cov) if grad_cov is None else grad_cov
+        grad_mean, grad_cov = _grads_or_zeros((grad_mean, grad_cov), (new_mean, new_cov))
         grads = _kalman_update_backward(cov, C, new_cov, ctx.intermediates, grad_mean, grad_cov, grad_S)
         grad_mean, grad_cov, grad_y_pred, grad_C, grad_R, grad_y = grads
         return grad_mean, symmetrize(grad_cov), grad_y_pred, grad_C, symmetrize(grad_R), grad_y, None

@@ -16,8 +16,8 @@ from torch import nn
 
 from .continuous import ContinuousDynamics
 from replay_overshooting.ekf import (
-    FILTER_FIELDS, FilterResult, PredictResult, SmootherResult, _kalman_update, _kalman_update_backward, ekf_filter,
-    ekf_predict, fused, rts_smoother,
+    FILTER_FIELDS, FilterResult, PredictResult, SmootherResult, _grads_or_zeros, _kalman_update,
+    _kalman_update_backward, ekf_filter, ekf_predict, fused, rts_smoother,
 )
 from .gaussian import constant, identity, mvn_sample, symmetrize
 
@@ -177,11 +177,6 @@ def _value_and_jacobian(x, wrt, activation, beta, kernels, *params):
 def _param_grads(grad_W, grad_b):
     "`[W_1, b_1, ..., W_L, b_L]` order, as `MLP.parameter_list`."
     return [g for pair in zip(grad_W, grad_b) for g in pair]
-
-
-def _grads_or_zeros(grads, like):
-    "Incoming gradients, with zeros of the shapes in `like` for those autograd left undefined (None)."
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
 
 
 class _MLPValueAndJacobian(torch.autograd.Function):
@@ -364,11 +359,14 @@ class ResidualDynamics(nn.Module):
         B, n = mean.shape
         if cov.shape != (B, n, n):
             raise ValueError(f"cov must have shape ({B}, {n}, {n}) to match the mean, got {tuple(cov.shape)}")
+        return fused(_ResidualTimeUpdate, _residual_time_update, mean, cov, self._used_controls(u), Q.expand(B, n, n),
+                     self.f.activation, self.f.beta, self.f.kernels, *self.f.parameter_list())
+
+    def _used_controls(self, u):
+        "`u` if these dynamics take controls (an error if it is missing), else None."
         if self.ctrl_dim and u is None:
             raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
-        u = u if self.ctrl_dim else None
-        return fused(_ResidualTimeUpdate, _residual_time_update, mean, cov, u, Q.expand(B, n, n), self.f.activation,
-                     self.f.beta, self.f.kernels, *self.f.parameter_list())
+        return u if self.ctrl_dim else None
 
     def filter_recursion(
         self,
@@ -385,10 +383,8 @@ class ResidualDynamics(nn.Module):
         "The whole EKF recursion as one autograd node, for an `MLP` observation model (called by `ekf_filter`)."
         if not isinstance(observe, MLP):
             return None
-        if self.ctrl_dim and u is None:
-            raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
-        fields = fused(_Filter, _filter_loop, self, observe, y, u if self.ctrl_dim else None, mask, mean, cov, Q, R,
-                       robust, *self.f.parameter_list(), *observe.parameter_list())
+        fields = fused(_Filter, _filter_loop, self, observe, y, self._used_controls(u), mask, mean, cov, Q, R, robust,
+                       *self.f.parameter_list(), *observe.parameter_list())
         return dict(zip(FILTER_FIELDS, fields))
 
     def rollout(
@@ -400,9 +396,7 @@ class ResidualDynamics(nn.Module):
         steps: int,  # beliefs returned, the given one first
     ) -> tuple:  # means `(B,steps,n)`, covariances `(B,steps,n,n)`, Jacobians `(B,steps-1,n,n)`
         "Open-loop prediction as one autograd node (called by `ekf_predict`)."
-        if self.ctrl_dim and u is None:
-            raise ValueError(f"these dynamics take {self.ctrl_dim} controls but u is None")
-        return fused(_Rollout, _rollout_loop, self, mean, cov, u if self.ctrl_dim else None, Q, steps,
+        return fused(_Rollout, _rollout_loop, self, mean, cov, self._used_controls(u), Q, steps,
                      *self.f.parameter_list())
 
 
