@@ -26,102 +26,136 @@ _ACTIVATIONS = ("softplus", "tanh", "relu")
 
 
 def _activate(a, activation, beta):
-    "The activation `σ(a)` and its slope `σ'(a)`."
+    "The activation `σ(a)` of `MLP.forward` (`beta` is softplus's sharpness)."
     if activation == "softplus":
-        scaled = a if beta == 1 else a.mul(constant(beta, a.dtype, a.device))
-        return F.softplus(a, beta=beta), torch.sigmoid(scaled)
+        return F.softplus(a, beta=beta)
+    return torch.tanh(a) if activation == "tanh" else torch.relu(a)
+
+
+class _Layers(NamedTuple):
+    "An MLP's weights arranged for the value-and-Jacobian kernels, once per autograd node (softplus's β folded in)."
+    weights: list  # W_ℓ `(out, in)`
+    transposed: list  # W_ℓᵀ `(in, out)`, for `addmm`
+    biases: list
+    first: torch.Tensor  # the rows the Jacobian chain starts from `(k, 1, H)`
+    chain: list  # the chain's matrices in carrying order, for `Y @ M`
+    chain_t: list  # their transposes, for the backward
+    reverse: bool  # the chain is carried down from the output (True) or up from the inputs
+    activation: str
+    fold: float  # the β folded into the weights; 1 when nothing is
+
+
+def _layers(params, activation, beta, wrt):
+    "`_Layers` of the parameters `[W_1, b_1, ..., W_L, b_L]`, for the Jacobian with respect to the first `wrt` inputs."
+    weights, biases = list(params[0::2]), list(params[1::2])
+    fold = beta if activation == "softplus" else 1.0
+    if fold != 1:  # units softplus(a') of a' = β a: W'_1 = β W_1, b'_ℓ = β b_ℓ (ℓ < L), W'_L = W_L / β
+        weights = [weights[0] * fold, *weights[1:-1], weights[-1] / fold]
+        biases = [b * fold for b in biases[:-1]] + biases[-1:]
+    first_columns = weights[0][:, :wrt]
+    reverse = weights[-1].shape[0] <= wrt  # carry the smaller side of the chain as rows `(k, B, H)`
+    if reverse:  # J = W_L D_L-1 ⋯ D_1 W_1[:, :wrt], rows of J carried down: Y ← (Y D) W
+        first, chain = weights[-1].unsqueeze(1), [*weights[-2:0:-1], first_columns]
+        chain_t = [M.t() for M in chain]
+    else:  # rows of Jᵀ carried up: Y ← (Y D) Wᵀ
+        first, chain_t = first_columns.t().unsqueeze(1), weights[1:]
+        chain = [M.t() for M in chain_t]
+    return _Layers(weights, [W.t() for W in weights], biases, first, chain, chain_t, reverse, activation, fold)
+
+
+def _unit(a, activation):
+    "A unit's value `σ(a)` and slope `σ'(a)`, for folded weights (softplus with β = 1)."
+    if activation == "softplus":
+        return F.softplus(a), torch.sigmoid(a)
     if activation == "tanh":
         h = torch.tanh(a)
         return h, torch.addcmul(constant(1.0, a.dtype, a.device), h, h, value=-1)
     return torch.relu(a), (a > 0).to(a.dtype)
 
 
-def _curvature(h, d, activation, beta):
+def _curvature(h, d, activation):
     "`σ''(a) = scale · c` as `(c, scale)`, from `h = σ(a)` and `d = σ'(a)`; `(None, 0)` for ReLU (zero a.e.)."
     if activation == "softplus":
-        return torch.addcmul(d, d, d, value=-1), beta  # β d (1 - d)
+        return torch.addcmul(d, d, d, value=-1), 1.0  # d (1 - d)
     if activation == "tanh":
         return h * d, -2.0
     return None, 0.0
 
 
-def _chain(weights, slopes, wrt):
-    "Which side the Jacobian chain is carried from, its matrices and its slopes, in carrying order."
-    reverse = weights[-1].shape[0] <= wrt  # carry the smaller side of the chain as rows `(B, k, H)`
-    if reverse:  # J = W_L D_L-1 ⋯ D_1 W_1[:, :wrt], rows of J carried down: Y ← (Y D) W
-        return reverse, weights[-1], [*weights[-2:0:-1], weights[0][:, :wrt]], slopes[::-1]
-    return reverse, weights[0][:, :wrt].mT, weights[1:], slopes  # rows of Jᵀ carried up: Y ← (Y D) Wᵀ
-
-
-def _mlp_forward(x, wrt, weights, biases, activation, beta):
-    "Output, Jacobian with respect to the first `wrt` inputs, and what its backward needs (plain tensor code)."
+def _mlp_forward(x, layers):
+    "Output `(B,o)`, Jacobian `(B,o,wrt)` and what the backward needs, for `x (B,in)` (plain tensor code)."
     hs, slopes = [x], []
-    for W, b in zip(weights[:-1], biases[:-1]):
-        h, d = _activate(F.linear(hs[-1], W, b), activation, beta)
-        hs.append(h), slopes.append(d.unsqueeze(-2))
-    out = F.linear(hs[-1], weights[-1], biases[-1])
-    reverse, Y, mats, chain_slopes = _chain(weights, slopes, wrt)
-    befores, afters = [], []
-    for M, d in zip(mats, chain_slopes):
+    for Wt, b in zip(layers.transposed[:-1], layers.biases[:-1]):
+        h, d = _unit(torch.addmm(b, hs[-1], Wt), layers.activation)
+        hs.append(h), slopes.append(d)
+    out = torch.addmm(layers.biases[-1], hs[-1], layers.transposed[-1])
+    chain_slopes = slopes[::-1] if layers.reverse else slopes
+    Y, befores, afters = layers.first, [], []
+    for M, d in zip(layers.chain, chain_slopes):
         befores.append(Y)
-        Y = Y * d
+        Y = Y * d  # rows (k,B,H) times the slopes (B,H)
         afters.append(Y)
-        Y = Y @ (M if reverse else M.mT)  # (B,k,H)@(H,H'): one matrix product over all B·k rows
-    saved = (hs, slopes, mats, chain_slopes, befores, afters, reverse)
-    return out, Y if reverse else Y.mT, saved
+        Y = Y @ M  # one matrix product over all k·B rows
+    J = Y.transpose(0, 1) if layers.reverse else Y.permute(1, 2, 0)
+    return out, J, (hs, slopes, chain_slopes, befores, afters)
 
 
-def _mlp_backward_to_input(saved, weights, grad_out, grad_J, activation, beta):
+def _mlp_backward_to_input(saved, layers, grad_out, grad_J):
     """`∂ℓ/∂x`, and the factors whose products give the weight gradients (`_mlp_weight_grads`).
 
     Only `∂ℓ/∂x` is needed at once in a recursion; the weight gradients of its steps are summed later,
     a block of steps at a time (`_WeightGradients`)."""
-    hs, slopes, mats, chain_slopes, befores, afters, reverse = saved
-    grad, chain_factors, slope_grads = (grad_J if reverse else grad_J.mT), [], []
-    for M, d, before, after in zip(mats[::-1], chain_slopes[::-1], befores[::-1], afters[::-1]):
-        chain_factors.append((after, grad) if reverse else (grad, after))
-        grad = grad @ (M.t() if reverse else M)  # ∂ℓ/∂(rows after D)
-        slope_grads.append((grad * before).sum(-2))
+    hs, slopes, chain_slopes, befores, afters = saved
+    grad = grad_J.transpose(0, 1) if layers.reverse else grad_J.permute(2, 0, 1)
+    chain_factors, slope_grads = [], []
+    for Mt, d, before, after in zip(layers.chain_t[::-1], chain_slopes[::-1], befores[::-1], afters[::-1]):
+        chain_factors.append((after, grad) if layers.reverse else (grad, after))
+        grad = grad @ Mt  # ∂ℓ/∂(rows after D)
+        slope_grads.append((grad * before).sum(0))
         grad = grad * d
-    if not reverse:
+    if not layers.reverse:
         slope_grads = slope_grads[::-1]
     layer_factors, grad_a = [], grad_out
-    for k in range(len(weights) - 1, 0, -1):
+    for k in range(len(layers.weights) - 1, 0, -1):
         layer_factors.append((grad_a, hs[k]))
-        d = slopes[k - 1].squeeze(-2)
-        grad_a = torch.mm(grad_a, weights[k]) * d
-        curvature, scale = _curvature(hs[k], d, activation, beta)
+        d = slopes[k - 1]
+        grad_a = torch.mm(grad_a, layers.weights[k]) * d
+        curvature, scale = _curvature(hs[k], d, layers.activation)
         if curvature is not None:
             grad_a = torch.addcmul(grad_a, slope_grads[k - 1], curvature, value=scale)
     layer_factors.append((grad_a, hs[0]))
-    return torch.mm(grad_a, weights[0]), (chain_factors, grad, layer_factors, reverse)
+    return torch.mm(grad_a, layers.weights[0]), (chain_factors, grad, layer_factors)
 
 
-def _stacked(rows):
-    "Row blocks `[(N_i, ...)]` joined into `(ΣN_i, ...)`."
-    return rows[0] if len(rows) == 1 else torch.cat(rows, 0)
+def _stacked(rows, dim=0):
+    "Blocks `[(N_i, ...)]` joined into `(ΣN_i, ...)` along `dim`."
+    return rows[0] if len(rows) == 1 else torch.cat(rows, dim)
 
 
-def _mlp_weight_grads(factors, weights):
+def _mlp_weight_grads(factors, layers):
     """`[∂ℓ/∂W]`, `[∂ℓ/∂b]` summed over the steps whose `_mlp_backward_to_input` factors are in the list `factors`.
 
-    Each weight gradient is `Σ_steps aᵀ b` over row factors `a`, `b`: one `mm` of the rows of all steps."""
-    chain_count, layers, reverse = len(factors[0][0]), len(weights), factors[0][3]
+    Each weight gradient is `Σ_steps aᵀ b` over row factors `a`, `b`: one `mm` of the rows of all steps. They are
+    gradients of the parameters themselves: the folded β is taken back out at the end."""
     chain_grads = []
-    for i in range(chain_count):
-        left, right = (_stacked([f[0][i][j] for f in factors]) for j in (0, 1))  # rows (N, k, H), (N, k, H')
+    for i in range(len(factors[0][0])):
+        left, right = (_stacked([f[0][i][j] for f in factors]) for j in (0, 1))  # rows (N·k, B, H), (N·k, B, H')
         chain_grads.append(torch.mm(left.reshape(-1, left.shape[-1]).t(), right.reshape(-1, right.shape[-1])))
-    first_grad = _stacked([f[1] for f in factors]).sum(0)
-    if reverse:  # chain_grads hold W_1[:, :wrt], W_2, ..., W_L-1 and first_grad W_L
+    first_grad = _stacked([f[1] for f in factors], 1).sum(1)  # (k, H): the chain's first rows
+    if layers.reverse:  # chain_grads hold W_1[:, :wrt], W_2, ..., W_L-1 and first_grad W_L
         jac_grads, first_layer_grad = [None, *chain_grads[1:], first_grad], chain_grads[0]
     else:  # chain_grads hold W_L, ..., W_2 and first_grad W_1[:, :wrt]ᵀ
         jac_grads, first_layer_grad = [None, *chain_grads[::-1]], first_grad.mT
-    grad_W, grad_b = [None] * layers, [None] * layers
-    for index, k in enumerate(range(layers - 1, -1, -1)):
+    count = len(layers.weights)
+    grad_W, grad_b = [None] * count, [None] * count
+    for index, k in enumerate(range(count - 1, -1, -1)):
         grad_a, h = (_stacked([f[2][index][i] for f in factors]) for i in (0, 1))
         grad_W[k] = torch.mm(grad_a.t(), h) if jac_grads[k] is None else torch.addmm(jac_grads[k], grad_a.t(), h)
         grad_b[k] = grad_a.sum(0)
     grad_W[0][:, :first_layer_grad.shape[-1]] += first_layer_grad
+    if layers.fold != 1:  # ∂ℓ/∂W_1 = β ∂ℓ/∂W'_1, ∂ℓ/∂b_ℓ = β ∂ℓ/∂b'_ℓ (ℓ < L), ∂ℓ/∂W_L = ∂ℓ/∂W'_L / β
+        grad_W[0], grad_W[-1] = grad_W[0] * layers.fold, grad_W[-1] / layers.fold
+        grad_b[:-1] = [g * layers.fold for g in grad_b[:-1]]
     return grad_W, grad_b
 
 
@@ -129,8 +163,8 @@ class _WeightGradients:
     """An MLP's weight gradients summed over the steps of a recursion: one `_mlp_weight_grads` per block of
     steps with up to `block_rows` chain rows, so that large batches do not copy all steps' rows at once."""
 
-    def __init__(self, weights, block_rows: int = 4096):
-        self.weights, self.block_rows, self.pending, self.rows, self.total = weights, block_rows, [], 0, None
+    def __init__(self, layers: _Layers, block_rows: int = 4096):
+        self.layers, self.block_rows, self.pending, self.rows, self.total = layers, block_rows, [], 0, None
 
     def add(self, factors):
         "Take one step's `_mlp_backward_to_input` factors."
@@ -140,7 +174,7 @@ class _WeightGradients:
             self._flush()
 
     def _flush(self):
-        grad_W, grad_b = _mlp_weight_grads(self.pending, self.weights)
+        grad_W, grad_b = _mlp_weight_grads(self.pending, self.layers)
         if self.total is not None:
             grad_W = [a + b for a, b in zip(self.total[0], grad_W)]
             grad_b = [a + b for a, b in zip(self.total[1], grad_b)]
@@ -150,7 +184,7 @@ class _WeightGradients:
         "Gradients in `MLP.parameter_list` order; None for each parameter when no step was added."
         if self.pending:
             self._flush()
-        return [None] * 2 * len(self.weights) if self.total is None else _param_grads(*self.total)
+        return [None] * 2 * len(self.layers.weights) if self.total is None else _param_grads(*self.total)
 
 
 class _Kernels(NamedTuple):
@@ -169,9 +203,10 @@ def _compiled_kernels() -> _Kernels:
 
 
 def _value_and_jacobian(x, wrt, activation, beta, kernels, *params):
-    "`((out (B,o), J (B,o,wrt)), saved)`: the plain forward of `_MLPValueAndJacobian`."
-    out, J, saved = kernels.forward(x, wrt, params[0::2], params[1::2], activation, beta)
-    return (out, J), saved
+    "`((out (B,o), J (B,o,wrt)), (saved, layers))`: the plain forward of `_MLPValueAndJacobian`."
+    layers = _layers(params, activation, beta, wrt)
+    out, J, saved = kernels.forward(x, layers)
+    return (out, J), (saved, layers)
 
 
 def _param_grads(grad_W, grad_b):
@@ -184,21 +219,19 @@ class _MLPValueAndJacobian(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, wrt, activation, beta, kernels, *params):
-        outputs, ctx.intermediates = _value_and_jacobian(x, wrt, activation, beta, kernels, *params)
+        outputs, (ctx.intermediates, ctx.layers) = _value_and_jacobian(x, wrt, activation, beta, kernels, *params)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*params, *outputs)
-        ctx.activation, ctx.beta, ctx.kernels = activation, beta, kernels
+        ctx.kernels = kernels
         return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_J):
-        *params, out, J = ctx.saved_tensors
+        *_, out, J = ctx.saved_tensors
         grad_out, grad_J = _grads_or_zeros((grad_out, grad_J), (out, J))
-        weights = params[0::2]
-        grad_x, factors = ctx.kernels.backward_to_input(ctx.intermediates, weights, grad_out, grad_J, ctx.activation,
-                                                        ctx.beta)
-        return (grad_x, None, None, None, None, *_param_grads(*_mlp_weight_grads([factors], weights)))
+        grad_x, factors = ctx.kernels.backward_to_input(ctx.intermediates, ctx.layers, grad_out, grad_J)
+        return (grad_x, None, None, None, None, *_param_grads(*_mlp_weight_grads([factors], ctx.layers)))
 
 
 class MLP(nn.Module):
@@ -233,7 +266,7 @@ class MLP(nn.Module):
         "`(B, in_dim) -> (B, out_dim)`."
         *hidden, last = self.linears
         for linear in hidden:
-            x = _activate(linear(x), self.activation, self.beta)[0]
+            x = _activate(linear(x), self.activation, self.beta)
         return last(x)
 
     def value_and_jacobian(
@@ -288,23 +321,29 @@ def _join(z, u, ctrl_dim):
     return torch.cat([z, u], -1)
 
 
-def _residual_time_update(mean, cov, u, Q, activation, beta, kernels, *params):
-    "`((F (B,n), AΣAᵀ+Q (B,n,n), A (B,n,n)), saved)`: the plain forward of `_ResidualTimeUpdate`."
+def _time_update(mean, cov, u, Q, kernels, layers):
+    "`((F (B,n), AΣAᵀ+Q (B,n,n), A (B,n,n)), saved)`: one residual time update, with the dynamics MLP's `_Layers`."
     n = mean.shape[-1]
     x = mean if u is None else torch.cat([mean, u], -1)
-    out, J, saved = kernels.forward(x, n, params[0::2], params[1::2], activation, beta)
+    out, J, saved = kernels.forward(x, layers)
     A = J + identity(n, J.dtype, J.device)
     next_cov = symmetrize(torch.baddbmm(Q, torch.bmm(A, cov), A.mT))
     return (mean + out, next_cov, A), saved
 
 
-def _residual_time_update_backward(kernels, intermediates, cov, A, weights, grad_mean, grad_cov, grad_A, activation,
-                                   beta, has_controls):
-    "`∂ℓ/∂(μ, Σ, u, Q)` of `_residual_time_update`, and the factors of its weight gradients (`_mlp_weight_grads`)."
+def _residual_time_update(mean, cov, u, Q, activation, beta, kernels, *params):
+    "`(outputs, (saved, layers))`: the plain forward of `_ResidualTimeUpdate`."
+    layers = _layers(params, activation, beta, mean.shape[-1])
+    outputs, saved = _time_update(mean, cov, u, Q, kernels, layers)
+    return outputs, (saved, layers)
+
+
+def _residual_time_update_backward(kernels, layers, intermediates, cov, A, grad_mean, grad_cov, grad_A, has_controls):
+    "`∂ℓ/∂(μ, Σ, u, Q)` of `_time_update`, and the factors of its weight gradients (`_mlp_weight_grads`)."
     G = symmetrize(grad_cov)
     GA = torch.bmm(G, A)
     grad_A = torch.baddbmm(grad_A, GA, cov, alpha=2)  # Ā + 2 sym(Σ̄') A Σ
-    grad_x, factors = kernels.backward_to_input(intermediates, weights, grad_mean, grad_A, activation, beta)
+    grad_x, factors = kernels.backward_to_input(intermediates, layers, grad_mean, grad_A)
     n = A.shape[-1]
     grad_u = grad_x[:, n:] if has_controls else None
     return grad_x[:, :n] + grad_mean, torch.bmm(A.mT, GA), grad_u, G, factors
@@ -315,21 +354,21 @@ class _ResidualTimeUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mean, cov, u, Q, activation, beta, kernels, *params):
-        outputs, ctx.intermediates = _residual_time_update(mean, cov, u, Q, activation, beta, kernels, *params)
+        outputs, (ctx.intermediates, ctx.layers) = _residual_time_update(
+            mean, cov, u, Q, activation, beta, kernels, *params)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(cov, *params, *outputs)
-        ctx.activation, ctx.beta, ctx.kernels, ctx.has_controls = activation, beta, kernels, u is not None
+        ctx.kernels, ctx.has_controls = kernels, u is not None
         return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_mean, grad_cov, grad_A):
-        cov, *params, next_mean, next_cov, A = ctx.saved_tensors
+        cov, *_, next_mean, next_cov, A = ctx.saved_tensors
         grads = _grads_or_zeros((grad_mean, grad_cov, grad_A), (next_mean, next_cov, A))
-        weights = params[0::2]
         *input_grads, factors = _residual_time_update_backward(
-            ctx.kernels, ctx.intermediates, cov, A, weights, *grads, ctx.activation, ctx.beta, ctx.has_controls)
-        return (*input_grads, None, None, None, *_param_grads(*_mlp_weight_grads([factors], weights)))
+            ctx.kernels, ctx.layers, ctx.intermediates, cov, A, *grads, ctx.has_controls)
+        return (*input_grads, None, None, None, *_param_grads(*_mlp_weight_grads([factors], ctx.layers)))
 
 
 class ResidualDynamics(nn.Module):
@@ -436,16 +475,16 @@ class LinearEnsembleDynamics(nn.Module):
 
 # %% ../nbs/03_models.ipynb
 def _rollout_loop(dynamics, mean, cov, u, Q, steps, *params):
-    "`((means (B,S,n), covs (B,S,n,n), A (B,S-1,n,n)), saved)`: the open-loop prediction of `steps` beliefs."
+    "`((means (B,S,n), covs (B,S,n,n), A (B,S-1,n,n)), (saved, layers))`: the open-loop prediction of `steps` beliefs."
     f = dynamics.f
+    layers = _layers(params, f.activation, f.beta, mean.shape[-1])
     means, covs, jacobians, saved = [mean], [cov], [], []
     for k in range(steps - 1):
-        (mean, cov, A), step_saved = _residual_time_update(
-            mean, cov, None if u is None else u[:, k], Q, f.activation, f.beta, f.kernels, *params)
+        (mean, cov, A), step_saved = _time_update(mean, cov, None if u is None else u[:, k], Q, f.kernels, layers)
         means.append(mean), covs.append(cov), jacobians.append(A), saved.append(step_saved)
     B, n = mean.shape
     jacobians = torch.stack(jacobians, 1) if jacobians else mean.new_zeros(B, 0, n, n)
-    return (torch.stack(means, 1), torch.stack(covs, 1), jacobians), saved
+    return (torch.stack(means, 1), torch.stack(covs, 1), jacobians), (saved, layers)
 
 
 class _Rollout(torch.autograd.Function):
@@ -453,7 +492,7 @@ class _Rollout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dynamics, mean, cov, u, Q, steps, *params):
-        outputs, ctx.intermediates = _rollout_loop(dynamics, mean, cov, u, Q, steps, *params)
+        outputs, (ctx.intermediates, ctx.layers) = _rollout_loop(dynamics, mean, cov, u, Q, steps, *params)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*params, *outputs)
         ctx.f, ctx.has_controls, ctx.control_steps = dynamics.f, u is not None, None if u is None else u.shape[1]
@@ -462,17 +501,17 @@ class _Rollout(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_means, grad_covs, grad_A):
-        *params, means, covs, jacobians = ctx.saved_tensors
-        f, weights = ctx.f, params[0::2]
+        *_, means, covs, jacobians = ctx.saved_tensors
+        f = ctx.f
         grad_means, grad_covs, grad_A = (g.unbind(1) for g in _grads_or_zeros(
             (grad_means, grad_covs, grad_A), (means, covs, jacobians)))
         covs, jacobians = covs.unbind(1), jacobians.unbind(1)
         carry_mean, carry_cov = grad_means[-1], grad_covs[-1]
-        grad_u, grad_Q, weight_grads = [], [], _WeightGradients(weights)
+        grad_u, grad_Q, weight_grads = [], [], _WeightGradients(ctx.layers)
         for k in range(len(jacobians) - 1, -1, -1):
             grad_mean, grad_cov, grad_u_k, grad_Q_k, step_factors = _residual_time_update_backward(
-                f.kernels, ctx.intermediates[k], covs[k], jacobians[k], weights, carry_mean, carry_cov,
-                grad_A[k], f.activation, f.beta, ctx.has_controls)
+                f.kernels, ctx.layers, ctx.intermediates[k], covs[k], jacobians[k], carry_mean, carry_cov, grad_A[k],
+                ctx.has_controls)
             carry_mean, carry_cov = grad_means[k] + grad_mean, grad_covs[k] + grad_cov
             grad_u.append(grad_u_k), grad_Q.append(grad_Q_k), weight_grads.add(step_factors)
         grad_Q = torch.stack(grad_Q).sum(0) if grad_Q else None
@@ -481,14 +520,14 @@ class _Rollout(torch.autograd.Function):
 
 
 def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params):
-    """`(fields, saved)`: the EKF recursion of `01_ekf` for residual-MLP dynamics and an MLP observation model,
-    its per-step quantities stacked over time in the order of `FILTER_FIELDS`."""
-    f, T = dynamics.f, y.shape[1]
-    dynamics_params, observation_params = params[:2 * len(f.linears)], params[2 * len(f.linears):]
+    """`(fields, (saved, dynamics layers, observation layers))`: the EKF recursion of `01_ekf` for residual-MLP
+    dynamics and an MLP observation model, its per-step quantities stacked over time in the order of `FILTER_FIELDS`."""
+    f, T, n = dynamics.f, y.shape[1], mean.shape[-1]
+    dynamics_layers = _layers(params[:2 * len(f.linears)], f.activation, f.beta, n)
+    observation_layers = _layers(params[2 * len(f.linears):], observe.activation, observe.beta, n)
     fields, saved = [[] for _ in FILTER_FIELDS], []
     for t in range(T):
-        (y_pred, C), observation_saved = _value_and_jacobian(
-            mean, mean.shape[-1], observe.activation, observe.beta, observe.kernels, *observation_params)
+        y_pred, C, observation_saved = observe.kernels.forward(mean, observation_layers)
         (new_mean, new_cov, S, info), update_saved = _kalman_update(mean, cov, y_pred, C, R, y[:, t], robust)
         step_saved = [observation_saved, update_saved, new_cov]
         if mask is not None:
@@ -498,13 +537,12 @@ def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params
             field.append(value)
         fields[8].append(info)
         if t < T - 1:
-            (mean, cov, A), dynamics_saved = _residual_time_update(
-                new_mean, new_cov, None if u is None else u[:, t], Q, f.activation, f.beta, f.kernels,
-                *dynamics_params)
+            (mean, cov, A), dynamics_saved = _time_update(
+                new_mean, new_cov, None if u is None else u[:, t], Q, f.kernels, dynamics_layers)
             fields[7].append(A), step_saved.append(dynamics_saved)
         saved.append(step_saved)
-    B, n = mean.shape
-    return [torch.stack(v, 1) if v else y.new_zeros(B, 0, n, n) for v in fields], saved
+    stacked = [torch.stack(v, 1) if v else y.new_zeros(mean.shape[0], 0, n, n) for v in fields]
+    return stacked, (saved, dynamics_layers, observation_layers)
 
 
 class _Filter(torch.autograd.Function):
@@ -514,20 +552,20 @@ class _Filter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params):
-        fields, ctx.intermediates = _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params)
+        fields, (ctx.intermediates, ctx.dynamics_layers, ctx.observation_layers) = _filter_loop(
+            dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(fields[8])
         ctx.save_for_backward(*params, *fields[:8])
-        ctx.f, ctx.g, ctx.mask, ctx.num_dynamics = dynamics.f, observe, mask, 2 * len(dynamics.f.linears)
+        ctx.f, ctx.g, ctx.mask = dynamics.f, observe, mask
         ctx.has_controls, ctx.control_steps = u is not None, None if u is None else u.shape[1]
         return tuple(fields)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        *params, pm, pc, fm, fc, ym, S, C, A = ctx.saved_tensors
-        f, g, mask = ctx.f, ctx.g, ctx.mask
-        dynamics_weights, observation_weights = params[:ctx.num_dynamics:2], params[ctx.num_dynamics::2]
+        *_, pm, pc, fm, fc, ym, S, C, A = ctx.saved_tensors
+        f, g, mask, dynamics_layers, observation_layers = ctx.f, ctx.g, ctx.mask, ctx.dynamics_layers, ctx.observation_layers
         T = pm.shape[1]
         grad_pm, grad_pc, grad_fm, grad_fc, grad_A = (
             x.unbind(1) for x in _grads_or_zeros([grads[k] for k in (0, 1, 2, 3, 7)], (pm, pc, fm, fc, A)))
@@ -535,14 +573,14 @@ class _Filter(torch.autograd.Function):
         pc, fc, C, A = pc.unbind(1), fc.unbind(1), C.unbind(1), A.unbind(1)
         carry_mean = carry_cov = None  # ∂ℓ/∂(μ, Σ) of the prediction for step t + 1
         grad_y, grad_u, grad_Q, grad_R = [], [], [], []
-        dynamics_grads, observation_grads = _WeightGradients(dynamics_weights), _WeightGradients(observation_weights)
+        dynamics_grads, observation_grads = _WeightGradients(dynamics_layers), _WeightGradients(observation_layers)
         for t in range(T - 1, -1, -1):
             observation_saved, update_saved, updated_cov, *dynamics_saved = ctx.intermediates[t]
             to_mean, to_cov = grad_fm[t], grad_fc[t]
             if t < T - 1:
                 back_mean, back_cov, grad_u_t, grad_Q_t, factors = _residual_time_update_backward(
-                    f.kernels, dynamics_saved[0], fc[t], A[t], dynamics_weights, carry_mean, carry_cov,
-                    grad_A[t], f.activation, f.beta, ctx.has_controls)
+                    f.kernels, dynamics_layers, dynamics_saved[0], fc[t], A[t], carry_mean, carry_cov, grad_A[t],
+                    ctx.has_controls)
                 to_mean, to_cov = to_mean + back_mean, to_cov + back_cov
                 grad_u.append(grad_u_t), grad_Q.append(grad_Q_t), dynamics_grads.add(factors)
             skip_mean = skip_cov = None
@@ -557,8 +595,7 @@ class _Filter(torch.autograd.Function):
                 grad_y_pred = grad_y_pred + grad_ym[t]
             if grad_C[t] is not None:
                 grad_C_t = grad_C_t + grad_C[t]
-            grad_x, factors = g.kernels.backward_to_input(observation_saved, observation_weights, grad_y_pred, grad_C_t,
-                                                          g.activation, g.beta)
+            grad_x, factors = g.kernels.backward_to_input(observation_saved, observation_layers, grad_y_pred, grad_C_t)
             observation_grads.add(factors)
             carry_mean, carry_cov = grad_pm[t] + grad_mean + grad_x, grad_pc[t] + grad_cov
             if skip_mean is not None:
