@@ -17,7 +17,7 @@ from torch.func import stack_module_state
 from common import CONFIGS, benchmark_parser, parse_single_threaded, report, time_it
 from replay_overshooting.models import EKFModel
 from replay_overshooting.training import (
-    ExperimentConfig, _clip_per_seed, _LossModule, _stacked_losses, compute_loss,
+    ExperimentConfig, _adam, _clip_per_seed, _LossModule, _stacked_losses, compute_loss,
 )
 
 FULL_WEIGHTS = 10**6  # an iteration past every burn-in and annealing ramp
@@ -37,7 +37,7 @@ def models_and_data(cfg, num_models):
 def solo_step(cfg, config):
     "The step of a solo `train` run."
     (model,), y, u = models_and_data(cfg, 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
+    optimizer = _adam(model.parameters(), config.lr)
 
     def step():
         loss, _ = compute_loss(model, config, y[0], None if u is None else u[0], FULL_WEIGHTS)
@@ -54,7 +54,7 @@ def vectorised_step(cfg, config, num_models):
     models, y, u = models_and_data(cfg, num_models)
     params, buffers = stack_module_state([_LossModule(m, config) for m in models])
     base = _LossModule(models[0], config)
-    optimizer = torch.optim.Adam(params.values(), lr=config.lr, foreach=True)
+    optimizer = _adam(params.values(), config.lr)
 
     def step():
         optimizer.zero_grad(set_to_none=True)

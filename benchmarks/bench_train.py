@@ -20,6 +20,7 @@ from common import (
     CONFIGS, REFERENCE_SECONDS, benchmark_parser, count_ops, parse_single_threaded, report, time_it)
 from replay_overshooting.models import EKFModel
 from replay_overshooting.objectives import vro
+from replay_overshooting.training import _adam
 
 SWEEP_FULL = list(itertools.product((50, 200, 1000), (16, 256, 1024), (8, 32)))
 SWEEP_DEFAULT = [(50, 16, 8), (200, 16, 8), (1000, 16, 8), (50, 256, 8), (50, 1024, 8), (50, 16, 32), (200, 256, 32)]
@@ -27,7 +28,7 @@ SWEEP_DEFAULT = [(50, 16, 8), (200, 16, 8), (1000, 16, 8), (50, 256, 8), (50, 10
 
 def training_step(model, y, u):
     "One iteration at full loss weights (iteration past burn-in and KL anneal), as SPEC §10 times it."
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)  # as `train` does
+    optimizer = _adam(model.parameters(), 1e-3)  # as `train` does
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -135,12 +135,13 @@ def _kalman_update(mean, cov, y_pred, C, R, y, robust):
         L, info = psd_cholesky(S, name="innovation covariance"), S.new_zeros(S.shape[0], dtype=torch.int32)
     else:
         L, info = torch.linalg.cholesky_ex(S)
-    Kt = torch.cholesky_solve(CP, L)  # Kᵀ = S⁻¹ C Σ, (B,p,n)
     resid = y - y_pred
-    new_mean = torch.baddbmm(mean.unsqueeze(1), resid.unsqueeze(1), Kt).squeeze(1)
+    Kt, s = torch.cholesky_solve(torch.cat([CP, resid.unsqueeze(-1)], -1), L).split([CP.shape[-1], 1], -1)
+    gain_step = torch.bmm(s.mT, CP)  # (K r)ᵀ = rᵀ S⁻¹ C Σ, (B,1,n)
+    new_mean = mean + gain_step.squeeze(1)
     M = torch.baddbmm(identity(C.shape[-1], C.dtype, C.device), Kt.mT, C, alpha=-1)  # I - K C
     new_cov = symmetrize(torch.baddbmm(torch.bmm(torch.bmm(M, cov), M.mT), Kt.mT, torch.bmm(R, Kt)))
-    return (new_mean, new_cov, S, info), (Kt, L, resid, M)
+    return (new_mean, new_cov, S, info), (Kt, s, gain_step, M)
 
 
 def _kalman_update_backward(cov, C, new_cov, intermediates, grad_mean, grad_cov, grad_S=None):
@@ -148,16 +149,14 @@ def _kalman_update_backward(cov, C, new_cov, intermediates, grad_mean, grad_cov,
 
     `∂ℓ/∂Σ` and `∂ℓ/∂R` are returned unsymmetrised: their symmetric parts, the only directions in which a
     covariance moves, are those above, and a recursion symmetrises them once where it hands them on."""
-    Kt, L, resid, M = intermediates
+    Kt, s, gain_step, M = intermediates
     G, g, Ct = symmetrize(grad_cov), grad_mean.unsqueeze(-1), C.mT
-    s = torch.cholesky_solve(resid.unsqueeze(-1), L)  # S⁻¹ r, (B,p,1)
     Ktg = torch.bmm(Kt, g)  # Kᵀ μ̄', (B,p,1)
-    Mtg, Cts = torch.baddbmm(g, Ct, Ktg, alpha=-1), torch.bmm(Ct, s)
-    grad_cov = torch.baddbmm(torch.bmm(M.mT, torch.bmm(G, M)), Mtg, Cts.mT)
+    Mtg = torch.baddbmm(g, Ct, Ktg, alpha=-1)
+    grad_cov = torch.baddbmm(torch.bmm(M.mT, torch.bmm(G, M)), Mtg, torch.bmm(s.mT, C))
     GK = torch.bmm(G, Kt.mT)
     grad_R = torch.baddbmm(torch.bmm(Kt, GK), Ktg, s.mT, alpha=-1)
-    Kr = torch.bmm(Kt.mT, resid.unsqueeze(-1))
-    grad_C = torch.baddbmm(torch.bmm(s, torch.bmm(new_cov, g).mT), Ktg, Kr.mT, alpha=-1)
+    grad_C = torch.baddbmm(torch.bmm(s, torch.bmm(new_cov, g).mT), Ktg, gain_step, alpha=-1)
     grad_C = torch.baddbmm(grad_C, GK.mT, new_cov, alpha=-2)
     if grad_S is not None:
         G_S = symmetrize(grad_S)

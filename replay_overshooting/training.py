@@ -327,6 +327,13 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(handle.name, path)
 
 
+def _adam(params, lr: float) -> torch.optim.Adam:
+    "Adam, with its fused kernel (one call for all parameters) where the parameters' device has one, else `foreach`."
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused, foreach=not fused)
+
+
 def _rng_state(device):
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
@@ -411,7 +418,7 @@ def train(
 
     torch.manual_seed(config.seed)
     model = build_model(config, dataset).to(device=device, dtype=dtype)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
+    optimizer = _adam(model.parameters(), config.lr)
     per_epoch = math.ceil(len(dataset) / config.batch_size)
     total = config.max_iterations if config.max_iterations is not None else config.epochs * per_epoch
     start, rows = 0, []
@@ -654,7 +661,7 @@ def _train_vectorised(configs, run_dirs, *, resume, progress, callbacks, dataset
         model.load_state_dict(state["model"])
     params, buffers = stack_module_state([_LossModule(m, c) for m, c in zip(models, configs)])
     base = _LossModule(models[0], config)  # its own weights are unused: `functional_call` swaps in seed k's
-    optimizer = torch.optim.Adam(params.values(), lr=config.lr, foreach=True)
+    optimizer = _adam(params.values(), config.lr)
     if states:
         optimizer.load_state_dict(_stacked_optimizer_state([state["optimizer"] for state in states]))
     start = states[0]["iteration"] if states else 0
