@@ -96,7 +96,7 @@ def _mlp_forward(x, layers):
         Y = Y * d  # rows (k,B,H) times the slopes (B,H)
         afters.append(Y)
         Y = Y @ M  # one matrix product over all k·B rows
-    J = Y.transpose(0, 1) if layers.reverse else Y.permute(1, 2, 0)
+    J = (Y.transpose(0, 1) if layers.reverse else Y.permute(1, 2, 0)).contiguous()  # batched products want it dense
     return out, J, (hs, slopes, chain_slopes, befores, afters)
 
 
