@@ -246,7 +246,7 @@ class MLP(nn.Module):
         layers: int = 3,  # number of hidden layers
         activation: str = "softplus",  # one of "softplus", "tanh", "relu"
         beta: float = 2.0,  # softplus sharpness
-        compile: bool = False,  # run `value_and_jacobian`'s forward and backward through `torch.compile`
+        compile: bool = False,  # run `value_and_jacobian` through `torch.compile` (slower on CPU, see above)
     ):
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -650,7 +650,7 @@ class EKFModel(nn.Module):
         rtol: float = 1e-7,
         atol: float = 1e-9,
         ode_options: dict | None = None,  # torchdiffeq solver options, e.g. `{"step_size": dt}` for method "rk4"
-        compile: bool = False,  # compile the MLPs' fused value-and-Jacobian kernels with `torch.compile`
+        compile: bool = False,  # compile the MLPs' value-and-Jacobian kernels (slower on CPU: see the MLP section)
     ):
         super().__init__()
         if dynamics not in _DYNAMICS:
