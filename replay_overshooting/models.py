@@ -106,7 +106,7 @@ def _mlp_backward_to_input(saved, layers, grad_out, grad_J):
     Only `∂ℓ/∂x` is needed at once in a recursion; the weight gradients of its steps are summed later,
     a block of steps at a time (`_WeightGradients`)."""
     hs, slopes, chain_slopes, befores, afters = saved
-    grad = grad_J.transpose(0, 1) if layers.reverse else grad_J.permute(2, 0, 1)
+    grad = (grad_J.transpose(0, 1) if layers.reverse else grad_J.permute(2, 0, 1)).contiguous()  # `@` folds to one mm
     chain_factors, slope_grads = [], []
     for Mt, d, before, after in zip(layers.chain_t[::-1], chain_slopes[::-1], befores[::-1], afters[::-1]):
         chain_factors.append((after, grad) if layers.reverse else (grad, after))
