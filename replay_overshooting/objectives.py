@@ -41,12 +41,17 @@ def _kl(mean_q, cov_q, mean_p, cov_p, checked):
     return 0.5 * (M.square().sum((-2, -1)) - mean_q.shape[-1] + log_det_ratio)
 
 
-def _obs_log_lik(model, means, covs, y, mask, checked):
-    "Log-likelihood `(B,T)` of `y` under the linearised observation Gaussians of latent beliefs `(B,T,n)`."
-    obs_mean, obs_cov = observation_moments(model.observation, means, covs, model.obs_cov())
+def _log_lik_under(obs_mean, obs_cov, y, mask, checked):
+    "Log-likelihood `(B,T)` of `y` under observation Gaussians `(B,T,p)`, `(B,T,p,p)`; a masked step scores its mean."
     if mask is not None:
         y = torch.where(mask[..., None], y, obs_mean.detach())
     return _log_prob(y, obs_mean, obs_cov, checked)
+
+
+def _obs_log_lik(model, means, covs, y, mask, checked):
+    "Log-likelihood `(B,T)` of `y` under the linearised observation Gaussians of latent beliefs `(B,T,n)`."
+    obs_mean, obs_cov = observation_moments(model.observation, means, covs, model.obs_cov())
+    return _log_lik_under(obs_mean, obs_cov, y, mask, checked)
 
 
 def _replay(model, smoothed, u, steps):
@@ -68,7 +73,7 @@ def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, 
             replay_ll = _log_prob(targets, replay.means, replay.covs, checked).mean()
             parts["latent_replay_log_lik"] = replay_ll
         else:
-            replay_ll = _mean_over(_obs_log_lik(model, replay.means, replay.covs, y, mask, checked), mask)
+            replay_ll = _mean_over(_log_lik_under(replay.obs_means, replay.obs_covs, y, mask, checked), mask)
             parts["replay_log_lik"] = replay_ll
         loss = loss - (1 - alpha) * ramp(iteration, burn_in) * replay_ll
     return loss, {k: v.detach() for k, v in parts.items()}
@@ -104,7 +109,7 @@ def sro(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 0.5, 
     loss = -alpha * one_step
     if alpha < 1:
         replay = _replay(model, smoothed, u, y.shape[1])
-        replay_ll = _mean_over(_obs_log_lik(model, replay.means, replay.covs, y, mask, checked), mask)
+        replay_ll = _mean_over(_log_lik_under(replay.obs_means, replay.obs_covs, y, mask, checked), mask)
         parts["replay_log_lik"] = replay_ll
         loss = loss - (1 - alpha) * ramp(iteration, burn_in) * replay_ll
     return loss, {k: v.detach() for k, v in parts.items()}
