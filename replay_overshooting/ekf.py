@@ -310,16 +310,20 @@ class SmootherResult(NamedTuple):
 
 
 def _rts_recursion(filtered_means, filtered_covs, next_predicted_means, next_predicted_covs, gains):
-    "The RTS backward loop; returns `((μ_t|T (B,T,n), Σ_t|T (B,T,n,n)), (gains, mean gaps, cov gaps))`."
-    fm, fc = filtered_means.unbind(1), filtered_covs.unbind(1)
-    pm, pc, G = next_predicted_means.unbind(1), next_predicted_covs.unbind(1), gains.unbind(1)
+    """The RTS backward loop; returns `((μ_t|T (B,T,n), Σ_t|T (B,T,n,n)), (gains, their transposes, mean gaps, cov gaps))`.
+
+    Means are carried as columns `(B,n,1)` and the gains' transposes taken once, so that a step is eight operations."""
+    fm, pm = filtered_means.unsqueeze(-1).unbind(1), next_predicted_means.unsqueeze(-1).unbind(1)
+    fc, pc = filtered_covs.unbind(1), next_predicted_covs.unbind(1)
+    G, Gt = gains.unbind(1), gains.mT.unbind(1)
     means, covs, mean_gaps, cov_gaps = [fm[-1]], [fc[-1]], [], []
     for t in range(len(G) - 1, -1, -1):
-        mean_gaps.append((means[-1] - pm[t]).unsqueeze(-1))  # μ_t+1|T - μ_t+1|t
+        mean_gaps.append(means[-1] - pm[t])  # μ_t+1|T - μ_t+1|t
         cov_gaps.append(covs[-1] - pc[t])  # Σ_t+1|T - Σ_t+1|t
-        means.append(torch.baddbmm(fm[t].unsqueeze(-1), G[t], mean_gaps[-1]).squeeze(-1))
-        covs.append(symmetrize(torch.baddbmm(fc[t], torch.bmm(G[t], cov_gaps[-1]), G[t].mT)))
-    return (torch.stack(means[::-1], 1), torch.stack(covs[::-1], 1)), (G, mean_gaps[::-1], cov_gaps[::-1])
+        means.append(torch.baddbmm(fm[t], G[t], mean_gaps[-1]))
+        covs.append(symmetrize(torch.baddbmm(fc[t], torch.bmm(G[t], cov_gaps[-1]), Gt[t])))
+    smoothed = torch.stack(means[::-1], 1).squeeze(-1), torch.stack(covs[::-1], 1)
+    return smoothed, (G, Gt, mean_gaps[::-1], cov_gaps[::-1])
 
 
 class _RTSRecursion(torch.autograd.Function):
@@ -335,23 +339,23 @@ class _RTSRecursion(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_means, grad_covs):
-        G, mean_gaps, cov_gaps = ctx.intermediates
-        B, n = G[0].shape[:2]
-        zero_mean, zero_cov = G[0].new_zeros(B, n), G[0].new_zeros(B, n, n)
-        grad_means = grad_means.unbind(1) if grad_means is not None else [zero_mean] * (len(G) + 1)
-        grad_covs = symmetrize(grad_covs).unbind(1) if grad_covs is not None else [zero_cov] * (len(G) + 1)
-        carry_mean, carry_cov = grad_means[0].unsqueeze(-1), grad_covs[0]
-        out = {k: [] for k in ("fm", "fc", "pm", "pc", "G")}
+        G, Gt, mean_gaps, cov_gaps = ctx.intermediates
+        B, n, steps = *G[0].shape[:2], len(G) + 1
+        grad_means = grad_means.unsqueeze(-1).unbind(1) if grad_means is not None else [G[0].new_zeros(B, n, 1)] * steps
+        grad_covs = symmetrize(grad_covs).unbind(1) if grad_covs is not None else [G[0].new_zeros(B, n, n)] * steps
+        carry_mean, carry_cov = grad_means[0], grad_covs[0]
+        out = {k: [] for k in ("fm", "fc", "gap_mean", "gap_cov", "G")}
         for t, (d, E) in enumerate(zip(mean_gaps, cov_gaps)):
             out["fm"].append(carry_mean), out["fc"].append(carry_cov)
             CG = torch.bmm(carry_cov, G[t])
             out["G"].append(torch.baddbmm(torch.bmm(carry_mean, d.mT), CG, E, alpha=2))
-            grad_gap_mean, grad_gap_cov = torch.bmm(G[t].mT, carry_mean), torch.bmm(G[t].mT, CG)
-            out["pm"].append(-grad_gap_mean), out["pc"].append(-grad_gap_cov)
-            carry_mean, carry_cov = grad_means[t + 1].unsqueeze(-1) + grad_gap_mean, grad_covs[t + 1] + grad_gap_cov
+            grad_gap_mean, grad_gap_cov = torch.bmm(Gt[t], carry_mean), torch.bmm(Gt[t], CG)
+            out["gap_mean"].append(grad_gap_mean), out["gap_cov"].append(grad_gap_cov)
+            carry_mean, carry_cov = grad_means[t + 1] + grad_gap_mean, grad_covs[t + 1] + grad_gap_cov
         out["fm"].append(carry_mean), out["fc"].append(carry_cov)
         stacked = {k: torch.stack(v, 1) for k, v in out.items()}
-        return (stacked["fm"].squeeze(-1), stacked["fc"], stacked["pm"].squeeze(-1), stacked["pc"], stacked["G"])
+        return (stacked["fm"].squeeze(-1), stacked["fc"], -stacked["gap_mean"].squeeze(-1), -stacked["gap_cov"],
+                stacked["G"])
 
 
 def rts_smoother(
