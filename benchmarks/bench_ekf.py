@@ -1,6 +1,6 @@
 """Speed of the EKF core: forward + backward of filter, smoother and whole-window replay (one training loss).
 
-Usage: python benchmarks/bench_ekf.py [--repeats N]
+Usage: python benchmarks/bench_ekf.py [--repeats N] [--python-loops]
 Prints one JSON line per SPEC §10 configuration, then a table beside the reference times.
 """
 

@@ -1,6 +1,6 @@
 """Speed of one whole training iteration: objective `vro` + backward + `torch.optim.Adam` step.
 
-Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [--compile]
+Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [--compile] [--python-loops]
 
 Prints one JSON line per measurement, then a table:
   train_vdp, train_push, train_pend      the SPEC §10 configurations, beside the reference times;
@@ -9,7 +9,9 @@ Prints one JSON line per measurement, then a table:
   train_push_ct, train_push_le           continuous-time and linear-ensemble (K = 100) push models;
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
                                          default, all 18 points with --full), and on CUDA when available.
-Every CPU measurement uses one thread and is the median of `--repeats` timed iterations after warm-up.
+Every CPU measurement uses one thread and is the median of `--repeats` timed iterations after warm-up. The
+discrete-time EKF runs its filter and replay loops in C++ where they are built (`cpp_loops` in each line);
+`--python-loops` times the Python loops instead.
 """
 import itertools
 import time

@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from replay_overshooting.native import native_loops, use_native_loops
+
 # SPEC §10: the reference implementation's seconds per training iteration, one core, CPU, torch 2.13.
 REFERENCE_SECONDS = {"vdp": 0.093, "push": 0.354, "pend": 0.150}
 
@@ -41,21 +43,26 @@ def count_ops(fn):
 
 
 def report(config, median_s, min_s, max_s, **extra):
-    "Print one JSON line of results."
+    """Print one JSON line of results; `cpp_loops` says whether the C++ filter and replay loops (`03a_native_loops`)
+    were on, which the discrete-time EKF on CPU uses."""
     print(json.dumps({"config": config, "median_s": round(median_s, 5), "min_s": round(min_s, 5),
-                      "max_s": round(max_s, 5), **extra}), flush=True)
+                      "max_s": round(max_s, 5), "cpp_loops": native_loops() is not None, **extra}), flush=True)
 
 
 def benchmark_parser(description, *, repeats=15):
     "The argument parser of a benchmark script: its docstring as help, and `--repeats`."
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per configuration")
+    parser.add_argument("--python-loops", action="store_true",
+                        help="run the Python filter and replay loops instead of the C++ ones")
     return parser
 
 
 def parse_single_threaded(parser):
     "Parse the command line, then pin torch to one thread and seed it, as every measurement here assumes."
     args = parser.parse_args()
+    if args.python_loops:
+        use_native_loops(False)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     return args

@@ -20,6 +20,7 @@ from replay_overshooting.ekf import (
     _kalman_update_backward, ekf_filter, ekf_predict, fused, rts_smoother,
 )
 from .gaussian import constant, identity, mvn_sample, symmetrize
+from .native import native_loops
 
 # %% ../nbs/03_models.ipynb
 _ACTIVATIONS = ("softplus", "tanh", "relu")
@@ -422,7 +423,8 @@ class ResidualDynamics(nn.Module):
         "The whole EKF recursion as one autograd node, for an `MLP` observation model (called by `ekf_filter`)."
         if not isinstance(observe, MLP):
             return None
-        fields = fused(_Filter, _filter_loop, self, observe, y, self._used_controls(u), mask, mean, cov, Q, R, robust,
+        node = _Filter if robust or _native_loops_for(y, self.f, observe) is None else _NativeFilter
+        fields = fused(node, _filter_loop, self, observe, y, self._used_controls(u), mask, mean, cov, Q, R, robust,
                        *self.f.parameter_list(), *observe.parameter_list())
         return dict(zip(FILTER_FIELDS, fields))
 
@@ -435,8 +437,8 @@ class ResidualDynamics(nn.Module):
         steps: int,  # beliefs returned, the given one first
     ) -> tuple:  # means `(B,steps,n)`, covariances `(B,steps,n,n)`, Jacobians `(B,steps-1,n,n)`
         "Open-loop prediction as one autograd node (called by `ekf_predict`)."
-        return fused(_Rollout, _rollout_loop, self, mean, cov, self._used_controls(u), Q, steps,
-                     *self.f.parameter_list())
+        node = _Rollout if _native_loops_for(mean, self.f) is None else _NativeRollout
+        return fused(node, _rollout_loop, self, mean, cov, self._used_controls(u), Q, steps, *self.f.parameter_list())
 
 
 class LinearEnsembleDynamics(nn.Module):
@@ -515,7 +517,7 @@ class _Rollout(torch.autograd.Function):
             carry_mean, carry_cov = grad_means[k] + grad_mean, grad_covs[k] + grad_cov
             grad_u.append(grad_u_k), grad_Q.append(grad_Q_k), weight_grads.add(step_factors)
         grad_Q = torch.stack(grad_Q).sum(0) if grad_Q else None
-        grad_u = _control_grads(grad_u[::-1], ctx) if ctx.has_controls and grad_u and ctx.needs_input_grad[3] else None
+        grad_u = _control_grads(torch.stack(grad_u[::-1], 1) if ctx.has_controls and grad_u else None, ctx)
         return (None, carry_mean, carry_cov, grad_u, grad_Q, None, *weight_grads.result())
 
 
@@ -602,18 +604,74 @@ class _Filter(torch.autograd.Function):
                 carry_mean, carry_cov = carry_mean + skip_mean, carry_cov + skip_cov
             grad_y.append(grad_y_t), grad_R.append(grad_R_t)
         grad_y = torch.stack(grad_y[::-1], 1) if ctx.needs_input_grad[2] else None
-        grad_u = _control_grads(grad_u[::-1], ctx) if ctx.has_controls and grad_u and ctx.needs_input_grad[3] else None
+        grad_u = _control_grads(torch.stack(grad_u[::-1], 1) if ctx.has_controls and grad_u else None, ctx)
         grad_Q = torch.stack(grad_Q).sum(0) if grad_Q else None
         grad_R = symmetrize(torch.stack(grad_R).sum(0))
         return (None, None, grad_y, grad_u, None, carry_mean, symmetrize(carry_cov), grad_Q, grad_R, None,
                 *dynamics_grads.result(), *observation_grads.result())
 
 
-def _control_grads(per_step, ctx):
-    "`∂ℓ/∂u` `(B, T_u, m)` from the gradients of the controls the steps used, zero for the ones they did not."
-    grads = torch.stack(per_step, 1)
+def _control_grads(grads, ctx):
+    """`∂ℓ/∂u` `(B, T_u, m)` from the gradients `(B, S, m)` of the controls the steps used (zero for the ones they
+    did not); None where there are none or the node's `u` (its input 3) needs none."""
+    if grads is None or not ctx.needs_input_grad[3]:
+        return None
     unused = ctx.control_steps - grads.shape[1]
     return torch.cat([grads, grads.new_zeros(grads.shape[0], unused, grads.shape[2])], 1) if unused else grads
+
+# %% ../nbs/03_models.ipynb
+def _native_loops_for(tensor, *mlps):
+    "The C++ loops where they run: CPU tensors, eager MLP kernels and the extension built; else None."
+    if tensor.device.type != "cpu" or any(mlp.kernels is not _EAGER_KERNELS for mlp in mlps):
+        return None
+    return native_loops()
+
+
+class _NativeFilter(torch.autograd.Function):
+    "`_Filter` with its forward and backward loops in C++; the same arguments and outputs."
+
+    @staticmethod
+    def forward(ctx, dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params):
+        f, split = dynamics.f, 2 * len(dynamics.f.linears)
+        fields, ctx.tape = native_loops().filter_forward(
+            y, u, mask, mean, cov, Q, R, list(params[:split]), _ACTIVATIONS.index(f.activation), float(f.beta),
+            list(params[split:]), _ACTIVATIONS.index(observe.activation), float(observe.beta))
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(fields[8])
+        ctx.save_for_backward(*fields[:8])
+        ctx.control_steps = None if u is None else u.shape[1]
+        return tuple(fields)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        pm, pc, fm, fc, _, _, _, A = ctx.saved_tensors
+        required = _grads_or_zeros([grads[k] for k in (0, 1, 2, 3, 7)], (pm, pc, fm, fc, A))
+        grad_y, grad_u, grad_mean, grad_cov, grad_Q, grad_R, *weight_grads = native_loops().filter_backward(
+            ctx.tape, *required, *grads[4:7], ctx.needs_input_grad[2])
+        return (None, None, grad_y, _control_grads(grad_u, ctx), None, grad_mean, grad_cov, grad_Q, grad_R, None,
+                *weight_grads)
+
+
+class _NativeRollout(torch.autograd.Function):
+    "`_Rollout` with its forward and backward loops in C++; the same arguments and outputs."
+
+    @staticmethod
+    def forward(ctx, dynamics, mean, cov, u, Q, steps, *params):
+        f = dynamics.f
+        outputs, ctx.tape = native_loops().rollout_forward(
+            mean, cov, u, Q, steps, list(params), _ACTIVATIONS.index(f.activation), float(f.beta))
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*outputs)
+        ctx.control_steps = None if u is None else u.shape[1]
+        return tuple(outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_means, grad_covs, grad_A):
+        grads = _grads_or_zeros((grad_means, grad_covs, grad_A), ctx.saved_tensors)
+        grad_mean, grad_cov, grad_u, grad_Q, *weight_grads = native_loops().rollout_backward(ctx.tape, *grads)
+        return (None, grad_mean, grad_cov, _control_grads(grad_u, ctx), grad_Q, None, *weight_grads)
 
 # %% ../nbs/03_models.ipynb
 class Forecast(NamedTuple):

@@ -1,0 +1,62 @@
+"""The C++ loops: they build where a compiler is, and everything still runs (with a warning) where none is."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from replay_overshooting.native import native_loops
+
+
+def _run_python(code, **env):
+    "Run `code` in a fresh interpreter with `env` added; returns the JSON it prints last."
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(os.environ.get("REPLAY_OVERSHOOTING_NATIVE") == "0", reason="switched off in the environment")
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler on this machine")
+def test_builds_where_a_compiler_is():
+    loops = native_loops()
+    assert loops is not None
+    assert {"filter_forward", "filter_backward", "rollout_forward", "rollout_backward"} <= set(dir(loops))
+
+
+def test_falls_back_with_a_warning_without_a_compiler(tmp_path):
+    report = _run_python("""
+        import json, os, time, warnings
+        import torch
+        from replay_overshooting import native
+        from replay_overshooting.models import EKFModel
+        directory = native._build_directory()
+        directory.mkdir(parents=True)
+        lock = directory / "lock"  # as a killed build leaves it
+        lock.touch()
+        os.utime(lock, (time.time() - 3600, time.time() - 3600))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            filtered = EKFModel(2, 2, 1, hidden=4, layers=1).filter(torch.randn(3, 4, 2), torch.randn(3, 4, 1))
+            filtered.log_likelihoods.sum().backward()
+        print(json.dumps({
+            "warnings": [str(w.message) for w in caught if w.category is native.NativeLoopsWarning],
+            "loops": native.native_loops() is not None, "node": filtered.predicted_means.grad_fn.name(),
+            "finite": bool(filtered.log_likelihoods.isfinite().all()), "lock": lock.exists()}))
+    """, CXX=str(tmp_path / "no-such-compiler"), TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    assert len(report["warnings"]) == 1 and "could not build its C++ loops" in report["warnings"][0]
+    assert "REPLAY_OVERSHOOTING_NATIVE=0" in report["warnings"][0]
+    assert not report["loops"] and report["node"] == "_FilterBackward" and report["finite"]
+    assert not report["lock"], "a lock left by a killed build must not block later builds"
+
+
+def test_switched_off_by_the_environment(tmp_path):
+    report = _run_python("""
+        import json
+        from replay_overshooting import native
+        print(json.dumps({"loops": native.native_loops() is not None, "built": native._build_directory().exists()}))
+    """, REPLAY_OVERSHOOTING_NATIVE="0", TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    assert report == {"loops": False, "built": False}
