@@ -14,6 +14,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from .gaussian import identity, mvn_log_prob, psd_cholesky, symmetrize
+from .native import native_loops
 
 # %% ../nbs/01_ekf.ipynb
 def dynamics_and_jacobian(
@@ -358,6 +359,22 @@ class _RTSRecursion(torch.autograd.Function):
                 stacked["G"])
 
 
+class _NativeRTSRecursion(torch.autograd.Function):
+    "`_RTSRecursion` with both loops in C++ (`03a_native_loops`), which CPU tensors take where it is built."
+
+    @staticmethod
+    def forward(ctx, filtered_means, filtered_covs, next_predicted_means, next_predicted_covs, gains):
+        means, covs, ctx.tape = native_loops().rts_forward(
+            filtered_means, filtered_covs, next_predicted_means, next_predicted_covs, gains)
+        ctx.set_materialize_grads(False)
+        return means, covs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_means, grad_covs):
+        return tuple(native_loops().rts_backward(ctx.tape, grad_means, grad_covs))
+
+
 def rts_smoother(
     dynamics: Callable,  # the dynamics given to `ekf_filter`
     filtered: FilterResult,  # output of `ekf_filter`
@@ -380,7 +397,8 @@ def rts_smoother(
         return SmootherResult(fm, fc, pm, pc, fc.new_zeros(B, 0, n, n))
     L_pred = psd_cholesky(pc[:, 1:], name="predicted covariance") if checked else cholesky_or_nan(pc[:, 1:])
     gains = torch.cholesky_solve(filtered.dynamics_jacobians @ fc[:, :-1], L_pred).mT  # (B,T-1,n,n)
-    smoothed_means, smoothed_covs = fused(_RTSRecursion, _rts_recursion, fm, fc, pm[:, 1:], pc[:, 1:], gains)
+    node = _NativeRTSRecursion if fm.device.type == "cpu" and native_loops() is not None else _RTSRecursion
+    smoothed_means, smoothed_covs = fused(node, _rts_recursion, fm, fc, pm[:, 1:], pc[:, 1:], gains)
     prev_means = smoothed_means[:, :-1].reshape(B * (T - 1), n)
     prev_u = u[:, :-1].reshape(B * (T - 1), -1) if u is not None else None
     Q_rep = Q.expand(B, n, n).repeat_interleave(T - 1, 0)

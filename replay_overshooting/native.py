@@ -462,7 +462,59 @@ static Tensors rollout_backward(RolloutTape& tape, const Tensor& grad_means, con
   for (auto& g : weight_grads.result()) out.push_back(g);
   return out;
 }
+'''
 
+# %% ../nbs/03a_native_loops.ipynb
+_RTS_SOURCE = r'''
+struct RTSTape {
+  Tensors G, Gt, mean_gaps, cov_gaps;
+};
+
+static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
+    const Tensor& filtered_means, const Tensor& filtered_covs, const Tensor& next_predicted_means,
+    const Tensor& next_predicted_covs, const Tensor& gains) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  auto tape = std::make_shared<RTSTape>();
+  const int64_t steps = gains.size(1);
+  Tensor fm = filtered_means.unsqueeze(-1), pm = next_predicted_means.unsqueeze(-1), gains_t = gains.mT();
+  Tensors means(steps + 1), covs(steps + 1);
+  means[steps] = fm.select(1, steps), covs[steps] = filtered_covs.select(1, steps);
+  tape->G.resize(steps), tape->Gt.resize(steps), tape->mean_gaps.resize(steps), tape->cov_gaps.resize(steps);
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    Tensor G = gains.select(1, t), Gt = gains_t.select(1, t);
+    Tensor mean_gap = means[t + 1] - pm.select(1, t), cov_gap = covs[t + 1] - next_predicted_covs.select(1, t);
+    means[t] = at::baddbmm(fm.select(1, t), G, mean_gap);
+    covs[t] = symmetrize(at::baddbmm(filtered_covs.select(1, t), at::bmm(G, cov_gap), Gt));
+    tape->G[t] = G, tape->Gt[t] = Gt, tape->mean_gaps[t] = mean_gap, tape->cov_gaps[t] = cov_gap;
+  }
+  return {at::stack(means, 1).squeeze(-1), at::stack(covs, 1), tape};
+}
+
+static Tensors rts_backward(const RTSTape& tape, const std::optional<Tensor>& grad_means,
+                            const std::optional<Tensor>& grad_covs) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Tensor& G0 = tape.G[0];
+  const int64_t B = G0.size(0), n = G0.size(1), steps = tape.G.size() + 1;
+  Tensor gm = grad_means.has_value() ? grad_means->unsqueeze(-1) : at::zeros({B, steps, n, 1}, G0.options());
+  Tensor gc = grad_covs.has_value() ? symmetrize(*grad_covs) : at::zeros({B, steps, n, n}, G0.options());
+  Tensor carry_mean = gm.select(1, 0), carry_cov = gc.select(1, 0);
+  Tensors to_fm, to_fc, to_gap_mean, to_gap_cov, to_G;
+  for (int64_t t = 0; t + 1 < steps; ++t) {
+    to_fm.push_back(carry_mean), to_fc.push_back(carry_cov);
+    Tensor CG = at::bmm(carry_cov, tape.G[t]);
+    to_G.push_back(at::baddbmm(at::bmm(carry_mean, tape.mean_gaps[t].mT()), CG, tape.cov_gaps[t], 1, 2));
+    Tensor gap_mean = at::bmm(tape.Gt[t], carry_mean), gap_cov = at::bmm(tape.Gt[t], CG);
+    to_gap_mean.push_back(gap_mean), to_gap_cov.push_back(gap_cov);
+    carry_mean = gm.select(1, t + 1) + gap_mean, carry_cov = gc.select(1, t + 1) + gap_cov;
+  }
+  to_fm.push_back(carry_mean), to_fc.push_back(carry_cov);
+  return {at::stack(to_fm, 1).squeeze(-1), at::stack(to_fc, 1), -at::stack(to_gap_mean, 1).squeeze(-1),
+          -at::stack(to_gap_cov, 1), at::stack(to_G, 1)};
+}
+'''
+
+# %% ../nbs/03a_native_loops.ipynb
+_BINDINGS = r'''
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<FilterTape, std::shared_ptr<FilterTape>>(m, "FilterTape");
   pybind11::class_<RolloutTape, std::shared_ptr<RolloutTape>>(m, "RolloutTape");
@@ -470,6 +522,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("filter_backward", &filter_backward);
   m.def("rollout_forward", &rollout_forward);
   m.def("rollout_backward", &rollout_backward);
+  pybind11::class_<RTSTape, std::shared_ptr<RTSTape>>(m, "RTSTape");
+  m.def("rts_forward", &rts_forward);
+  m.def("rts_backward", &rts_backward);
 }
 '''
 
@@ -524,8 +579,9 @@ def _build():
             print("replay_overshooting: building the C++ filter loops (once per torch version, about a minute)",
                   file=sys.stderr, flush=True)
         _with_ninja_on_path()
-        source = _HEADER_SOURCE + _MLP_SOURCE + _STEP_SOURCE + _FILTER_SOURCE + _ROLLOUT_SOURCE
-        return load_inline("replay_overshooting_native", cpp_sources=source, build_directory=str(directory))
+        source = _HEADER_SOURCE + _MLP_SOURCE + _STEP_SOURCE + _FILTER_SOURCE + _ROLLOUT_SOURCE + _RTS_SOURCE + _BINDINGS
+        return load_inline("replay_overshooting_native", cpp_sources=source, build_directory=str(directory),
+                           extra_cflags=["-O2"])
     except Exception as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         warnings.warn(
