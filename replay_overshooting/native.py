@@ -31,7 +31,15 @@ using Pairs = std::vector<std::pair<Tensor, Tensor>>;
 
 enum Activation : int64_t { SOFTPLUS = 0, TANH = 1, RELU = 2 };
 
-static Tensor symmetrize(const Tensor& M) { return (M + M.mT()).mul_(0.5); }
+// 0.5 as a tensor of M's type, made once: a Scalar would be wrapped, and converted, at every call.
+static const Tensor& half_like(const Tensor& M) {
+  thread_local Tensor* half = new Tensor();  // never freed: no destructor runs after libtorch's at exit
+  if (!half->defined() || half->scalar_type() != M.scalar_type() || half->device() != M.device())
+    *half = at::scalar_tensor(0.5, M.options());
+  return *half;
+}
+
+static Tensor symmetrize(const Tensor& M) { return (M + M.mT()).mul_(half_like(M)); }
 
 static Tensor stacked(const Tensors& rows, int64_t dim) { return rows.size() == 1 ? rows[0] : at::cat(rows, dim); }
 '''
