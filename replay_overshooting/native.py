@@ -31,6 +31,9 @@ using Pairs = std::vector<std::pair<Tensor, Tensor>>;
 
 enum Activation : int64_t { SOFTPLUS = 0, TANH = 1, RELU = 2 };
 
+// Python's `.mT`, without the extra dispatch of the composite `Tensor::mT`.
+static Tensor mT(const Tensor& M) { return M.transpose(-2, -1); }
+
 // 0.5 as a tensor of M's type, made once: a Scalar would be wrapped, and converted, at every call.
 static const Tensor& half_like(const Tensor& M) {
   thread_local Tensor* half = new Tensor();  // never freed: no destructor runs after libtorch's at exit
@@ -39,7 +42,7 @@ static const Tensor& half_like(const Tensor& M) {
   return *half;
 }
 
-static Tensor symmetrize(const Tensor& M) { return (M + M.mT()).mul_(half_like(M)); }
+static Tensor symmetrize(const Tensor& M) { return (M + mT(M)).mul_(half_like(M)); }
 
 static Tensor stacked(const Tensors& rows, int64_t dim) { return rows.size() == 1 ? rows[0] : at::cat(rows, dim); }
 '''
@@ -179,7 +182,7 @@ static std::pair<Tensors, Tensors> mlp_weight_grads(const std::vector<MLPFactors
     first_layer_grad = chain_grads[0];
   } else {
     for (size_t i = 0; i < chain_grads.size(); ++i) jac_grads[count - 1 - i] = chain_grads[i];
-    first_layer_grad = first_grad.mT();
+    first_layer_grad = mT(first_grad);
   }
   Tensors grad_W(count), grad_b(count);
   for (size_t index = 0; index < count; ++index) {
@@ -244,7 +247,7 @@ static TimeUpdate time_update(const Tensor& mean, const Tensor& cov, const Tenso
   Tensor x = u.defined() ? at::cat({mean, u}, -1) : mean;
   auto [out, J] = mlp_forward(x, L, s);
   Tensor A = J + eye;
-  return {mean + out, symmetrize(at::baddbmm(Q, at::bmm(A, cov), A.mT())), A};
+  return {mean + out, symmetrize(at::baddbmm(Q, at::bmm(A, cov), mT(A))), A};
 }
 
 struct TimeUpdateGrads {
@@ -259,7 +262,7 @@ static TimeUpdateGrads time_update_backward(const Layers& L, const MLPSaved& s, 
   Tensor grad_x = mlp_backward_to_input(s, L, grad_mean, at::baddbmm(grad_A, GA, cov, 1, 2), f);
   const int64_t n = A.size(-1);
   Tensor grad_u = has_controls ? grad_x.slice(1, n) : Tensor();
-  return {grad_x.slice(1, 0, n) + grad_mean, at::bmm(A.mT(), GA), grad_u, G};
+  return {grad_x.slice(1, 0, n) + grad_mean, at::bmm(mT(A), GA), grad_u, G};
 }
 
 struct KalmanSaved {
@@ -273,15 +276,15 @@ struct KalmanUpdate {
 static KalmanUpdate kalman_update(const Tensor& mean, const Tensor& cov, const Tensor& y_pred, const Tensor& C,
                                   const Tensor& R, const Tensor& y, const Tensor& eye, KalmanSaved& k) {
   Tensor CP = at::bmm(C, cov);
-  Tensor S = at::baddbmm(R, CP, C.mT());
+  Tensor S = at::baddbmm(R, CP, mT(C));
   auto [L, info] = at::linalg_cholesky_ex(S);
   const int64_t n = CP.size(-1);
   Tensor solution = at::cholesky_solve(at::cat({CP, (y - y_pred).unsqueeze(-1)}, -1), L);
   k.Kt = solution.slice(-1, 0, n).contiguous();
   k.s = solution.slice(-1, n);
-  k.gain_step = at::bmm(k.s.mT(), CP);
-  k.M = at::baddbmm(eye, k.Kt.mT(), C, 1, -1);
-  Tensor new_cov = symmetrize(at::baddbmm(at::bmm(at::bmm(k.M, cov), k.M.mT()), k.Kt.mT(), at::bmm(R, k.Kt)));
+  k.gain_step = at::bmm(mT(k.s), CP);
+  k.M = at::baddbmm(eye, mT(k.Kt), C, 1, -1);
+  Tensor new_cov = symmetrize(at::baddbmm(at::bmm(at::bmm(k.M, cov), mT(k.M)), mT(k.Kt), at::bmm(R, k.Kt)));
   return {mean + k.gain_step.squeeze(1), new_cov, S, info};
 }
 
@@ -292,14 +295,14 @@ struct KalmanGrads {
 static KalmanGrads kalman_update_backward(const Tensor& cov, const Tensor& C, const Tensor& new_cov,
                                           const KalmanSaved& k, const Tensor& grad_mean, const Tensor& grad_cov,
                                           const Tensor& grad_S) {
-  Tensor G = symmetrize(grad_cov), g = grad_mean.unsqueeze(-1), Ct = C.mT();
+  Tensor G = symmetrize(grad_cov), g = grad_mean.unsqueeze(-1), Ct = mT(C);
   Tensor Ktg = at::bmm(k.Kt, g);
   Tensor Mtg = at::baddbmm(g, Ct, Ktg, 1, -1);
-  Tensor grad_cov_in = at::baddbmm(at::bmm(k.M.mT(), at::bmm(G, k.M)), Mtg, at::bmm(k.s.mT(), C));
-  Tensor GK = at::bmm(G, k.Kt.mT());
-  Tensor grad_R = at::baddbmm(at::bmm(k.Kt, GK), Ktg, k.s.mT(), 1, -1);
-  Tensor grad_C = at::baddbmm(at::bmm(k.s, at::bmm(new_cov, g).mT()), Ktg, k.gain_step, 1, -1);
-  grad_C = at::baddbmm(grad_C, GK.mT(), new_cov, 1, -2);
+  Tensor grad_cov_in = at::baddbmm(at::bmm(mT(k.M), at::bmm(G, k.M)), Mtg, at::bmm(mT(k.s), C));
+  Tensor GK = at::bmm(G, mT(k.Kt));
+  Tensor grad_R = at::baddbmm(at::bmm(k.Kt, GK), Ktg, mT(k.s), 1, -1);
+  Tensor grad_C = at::baddbmm(at::bmm(k.s, mT(at::bmm(new_cov, g))), Ktg, k.gain_step, 1, -1);
+  grad_C = at::baddbmm(grad_C, mT(GK), new_cov, 1, -2);
   if (grad_S.defined()) {
     Tensor G_S = symmetrize(grad_S);
     Tensor G_S_C = at::bmm(G_S, C);
@@ -484,7 +487,7 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto tape = std::make_shared<RTSTape>();
   const int64_t steps = gains.size(1);
-  Tensor fm = filtered_means.unsqueeze(-1), pm = next_predicted_means.unsqueeze(-1), gains_t = gains.mT();
+  Tensor fm = filtered_means.unsqueeze(-1), pm = next_predicted_means.unsqueeze(-1), gains_t = mT(gains);
   Tensors means(steps + 1), covs(steps + 1);
   means[steps] = fm.select(1, steps), covs[steps] = filtered_covs.select(1, steps);
   tape->G.resize(steps), tape->Gt.resize(steps), tape->mean_gaps.resize(steps), tape->cov_gaps.resize(steps);
@@ -510,7 +513,7 @@ static Tensors rts_backward(const RTSTape& tape, const std::optional<Tensor>& gr
   for (int64_t t = 0; t + 1 < steps; ++t) {
     to_fm.push_back(carry_mean), to_fc.push_back(carry_cov);
     Tensor CG = at::bmm(carry_cov, tape.G[t]);
-    to_G.push_back(at::baddbmm(at::bmm(carry_mean, tape.mean_gaps[t].mT()), CG, tape.cov_gaps[t], 1, 2));
+    to_G.push_back(at::baddbmm(at::bmm(carry_mean, mT(tape.mean_gaps[t])), CG, tape.cov_gaps[t], 1, 2));
     Tensor gap_mean = at::bmm(tape.Gt[t], carry_mean), gap_cov = at::bmm(tape.Gt[t], CG);
     to_gap_mean.push_back(gap_mean), to_gap_cov.push_back(gap_cov);
     carry_mean = gm.select(1, t + 1) + gap_mean, carry_cov = gc.select(1, t + 1) + gap_cov;
