@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from replay_overshooting.native import native_loops, use_native_loops
+from replay_overshooting.native import hold_freed_memory, native_loops, use_native_loops
 
 # SPEC §10: the reference implementation's seconds per training iteration, one core, CPU, torch 2.13.
 REFERENCE_SECONDS = {"vdp": 0.093, "push": 0.354, "pend": 0.150}
@@ -42,11 +42,16 @@ def count_ops(fn):
                    and not e.cpu_parent.name.startswith("aten::")))
 
 
+_held_freed_memory = False  # set by `parse_single_threaded`
+
+
 def report(config, median_s, min_s, max_s, **extra):
-    """Print one JSON line of results; `cpp_loops` says whether the C++ filter and replay loops (`03a_native_loops`)
-    were on, which the discrete-time EKF on CPU uses."""
+    """Print one JSON line of results; `cpp_loops` says whether the C++ recursions (`03a_native_loops`) were on,
+    which the discrete-time EKF on CPU uses, and `held_freed_memory` whether malloc keeps freed memory as `train`
+    has it do on CPU (`hold_freed_memory`)."""
     print(json.dumps({"config": config, "median_s": round(median_s, 5), "min_s": round(min_s, 5),
-                      "max_s": round(max_s, 5), "cpp_loops": native_loops() is not None, **extra}), flush=True)
+                      "max_s": round(max_s, 5), "cpp_loops": native_loops() is not None,
+                      "held_freed_memory": _held_freed_memory, **extra}), flush=True)
 
 
 def benchmark_parser(description, *, repeats=15):
@@ -55,6 +60,8 @@ def benchmark_parser(description, *, repeats=15):
     parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per configuration")
     parser.add_argument("--python-loops", action="store_true",
                         help="run the Python filter and replay loops instead of the C++ ones")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave malloc's settings alone (by default they are those `train` sets on CPU)")
     return parser
 
 
@@ -63,6 +70,8 @@ def parse_single_threaded(parser):
     args = parser.parse_args()
     if args.python_loops:
         use_native_loops(False)
+    global _held_freed_memory
+    _held_freed_memory = not args.default_malloc and hold_freed_memory()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     return args

@@ -26,6 +26,7 @@ from .baselines import GSSM, RSSM
 from .data import DATASET_NAMES, SequenceDataset, load_dataset
 from .image_models import ImageEKFModel
 from .models import EKFModel
+from .native import hold_freed_memory
 from .objectives import OBJECTIVES, get_objective
 
 # %% ../nbs/08_training.ipynb
@@ -399,8 +400,13 @@ def train(
 
     With `seeds`, train one run per seed in this process and return their results in order: the vector EKF
     (discrete or linear-ensemble dynamics, eager kernels) trains all seeds at once under `torch.func.vmap`;
-    every other model (continuous time, compiled, image EKF, baselines) trains them one after another."""
+    every other model (continuous time, compiled, image EKF, baselines) trains them one after another.
+
+    On CPU it lets glibc's malloc keep freed memory for reuse (`hold_freed_memory`, `03a_native_loops`):
+    a push-size iteration otherwise maps and zeroes some 3,500 fresh pages."""
     config.validate()
+    if resolve_device(config.device).type == "cpu":
+        hold_freed_memory()
     if seeds is not None:
         return _train_seeds(config, _checked_seeds(seeds), resume=resume, progress=progress, callback=callback,
                             dataset=dataset, run_dir=run_dir)
