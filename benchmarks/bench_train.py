@@ -10,8 +10,8 @@ Prints one JSON line per measurement, then a table:
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
                                          default, all 18 points with --full), and on CUDA when available.
 Every CPU measurement uses one thread and is the median of `--repeats` timed iterations after warm-up. The
-discrete-time EKF runs its filter and replay loops in C++ where they are built (`cpp_loops` in each line);
-`--python-loops` times the Python loops instead.
+discrete-time EKF runs its filter, smoother and replay recursions in C++ where they are built (`cpp_loops` in
+each line); `--python-loops` times the Python recursions instead.
 """
 import itertools
 import time

@@ -59,7 +59,7 @@ def benchmark_parser(description, *, repeats=15):
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per configuration")
     parser.add_argument("--python-loops", action="store_true",
-                        help="run the Python filter and replay loops instead of the C++ ones")
+                        help="run the Python recursions (filter, smoother, replay) instead of the C++ ones")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave malloc's settings alone (by default they are those `train` sets on CPU)")
     return parser

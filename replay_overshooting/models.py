@@ -645,10 +645,10 @@ class _NativeFilter(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        pm, pc, fm, fc, _, _, _, A = ctx.saved_tensors
+        pm, pc, fm, fc, _, _, C, A = ctx.saved_tensors
         required = _grads_or_zeros([grads[k] for k in (0, 1, 2, 3, 7)], (pm, pc, fm, fc, A))
         grad_y, grad_u, grad_mean, grad_cov, grad_Q, grad_R, *weight_grads = native_loops().filter_backward(
-            ctx.tape, *required, *grads[4:7], ctx.needs_input_grad[2])
+            ctx.tape, pc, fc, C, A, *required, *grads[4:7], ctx.needs_input_grad[2])
         return (None, None, grad_y, _control_grads(grad_u, ctx), None, grad_mean, grad_cov, grad_Q, grad_R, None,
                 *weight_grads)
 
@@ -669,8 +669,10 @@ class _NativeRollout(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_means, grad_covs, grad_A):
+        _, covs, jacobians = ctx.saved_tensors
         grads = _grads_or_zeros((grad_means, grad_covs, grad_A), ctx.saved_tensors)
-        grad_mean, grad_cov, grad_u, grad_Q, *weight_grads = native_loops().rollout_backward(ctx.tape, *grads)
+        grad_mean, grad_cov, grad_u, grad_Q, *weight_grads = native_loops().rollout_backward(
+            ctx.tape, covs, jacobians, *grads)
         return (None, grad_mean, grad_cov, _control_grads(grad_u, ctx), grad_Q, None, *weight_grads)
 
 # %% ../nbs/03_models.ipynb
