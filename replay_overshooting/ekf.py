@@ -8,12 +8,13 @@ __all__ = ['FILTER_FIELDS', 'dynamics_and_jacobian', 'observation_and_jacobian',
            'observation_moments']
 
 # %% ../nbs/01_ekf.ipynb
+import functools
 from typing import Callable, NamedTuple
 
 import torch
 from torch.func import jacrev, vmap
 
-from .gaussian import identity, mvn_log_prob, psd_cholesky, symmetrize
+from .gaussian import _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize
 from .native import native_loops
 
 # %% ../nbs/01_ekf.ipynb
@@ -293,7 +294,7 @@ def ekf_filter(
     if checked:
         log_lik = mvn_log_prob(y, stacked["ym"], stacked["S"])
     else:
-        log_lik = mvn_log_prob(y, stacked["ym"], scale_tril=cholesky_or_nan(stacked["S"]))
+        log_lik = _log_density(y, stacked["ym"], stacked["S"], cholesky_or_nan)
         stacked, log_lik = _poison(stacked, failed), _poison({"ll": log_lik}, failed)["ll"]
     if mask is not None:
         log_lik = log_lik * mask
@@ -395,8 +396,8 @@ def rts_smoother(
     pm, pc = filtered.predicted_means, filtered.predicted_covs
     if T == 1:
         return SmootherResult(fm, fc, pm, pc, fc.new_zeros(B, 0, n, n))
-    L_pred = psd_cholesky(pc[:, 1:], name="predicted covariance") if checked else cholesky_or_nan(pc[:, 1:])
-    gains = torch.cholesky_solve(filtered.dynamics_jacobians @ fc[:, :-1], L_pred).mT  # (B,T-1,n,n)
+    factorise = functools.partial(psd_cholesky, name="predicted covariance") if checked else cholesky_or_nan
+    gains = _solve(pc[:, 1:], filtered.dynamics_jacobians @ fc[:, :-1], factorise).mT  # (B,T-1,n,n)
     node = _NativeRTSRecursion if fm.device.type == "cpu" and native_loops() is not None else _RTSRecursion
     smoothed_means, smoothed_covs = fused(node, _rts_recursion, fm, fc, pm[:, 1:], pc[:, 1:], gains)
     prev_means = smoothed_means[:, :-1].reshape(B * (T - 1), n)

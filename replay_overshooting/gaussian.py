@@ -61,13 +61,91 @@ def psd_cholesky(
         "jitter); check it for NaNs, negative eigenvalues or a wrong parameterisation")
 
 # %% ../nbs/00_gaussian.ipynb
+def _inside_transforms() -> bool:
+    "Whether `torch.func` transforms (`vmap`, `grad`, `jacrev`) are active; they need plain recorded operations."
+    return torch._C._are_functorch_transforms_active()
+
+
+def _common_batch(*pairs) -> list[torch.Tensor]:
+    "Each `(tensor, event_dims)` expanded to the broadcast batch shape of all of them (views, no copies)."
+    batch = torch.broadcast_shapes(*(t.shape[:t.ndim - k] for t, k in pairs))
+    return [t.expand(*batch, *t.shape[t.ndim - k:]) for t, k in pairs]
+
+
+class _SPDSolve(torch.autograd.Function):
+    "`X = A⁻¹B` `(..., n, k)` from the Cholesky factor `L` of `A`, with the closed-form backward above."
+
+    @staticmethod
+    def forward(ctx, A, B, L):
+        X = torch.cholesky_solve(B, L)
+        ctx.save_for_backward(L, X)
+        return X
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_X):
+        L, X = ctx.saved_tensors
+        grad_B = torch.cholesky_solve(grad_X, L)
+        grad_A = symmetrize(grad_B @ X.mT).neg_() if ctx.needs_input_grad[0] else None
+        return grad_A, grad_B, None
+
+
+def _solve(
+    A: torch.Tensor,  # symmetric positive-definite `(..., n, n)`
+    B: torch.Tensor,  # right-hand sides `(..., n, k)`
+    factorise,  # `A -> L`, its Cholesky factor
+) -> torch.Tensor:  # `A⁻¹ B`, shape `(..., n, k)` (batch dimensions broadcast)
+    "`A⁻¹B` through `_SPDSolve`, or the plain `cholesky_solve` inside `torch.func` transforms."
+    if _inside_transforms():
+        return torch.cholesky_solve(B, factorise(A))
+    L = factorise(A.detach())
+    A, B, L = _common_batch((A, 2), (B, 2), (L, 2))
+    return _SPDSolve.apply(A, B, L)
+
+# %% ../nbs/00_gaussian.ipynb
 def psd_solve(
     A: torch.Tensor,  # symmetric positive-definite `(..., n, n)`
     B: torch.Tensor,  # right-hand sides `(..., n, k)`
     name: str = "matrix",  # what `A` is, for warnings and errors
 ) -> torch.Tensor:  # `A⁻¹ B`, shape `(..., n, k)`
-    "Solve `A X = B` through the Cholesky factor of `A`."
-    return torch.cholesky_solve(B, psd_cholesky(A, name=name))
+    "Solve `A X = B` through the Cholesky factor of `A`; gradients in closed form."
+    return _solve(A, B, functools.partial(psd_cholesky, name=name))
+
+# %% ../nbs/00_gaussian.ipynb
+def _log_density_from_factor(x, mean, L):
+    "`log N(x; mean, LLᵀ)` `(...)` by the formula above, recorded by autograd through `L`."
+    r = torch.linalg.solve_triangular(L, (x - mean).unsqueeze(-1), upper=False).squeeze(-1)
+    half_log_det = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return -0.5 * (x.shape[-1] * math.log(2 * math.pi) + r.square().sum(-1)) - half_log_det
+
+
+class _GaussianLogDensity(torch.autograd.Function):
+    "`log N(x; mean, cov)` `(...)` from the factor `L` of `cov`, with the closed-form backward above."
+
+    @staticmethod
+    def forward(ctx, x, mean, cov, L):
+        ctx.save_for_backward(L, (x - mean).unsqueeze(-1))
+        return _log_density_from_factor(x, mean, L)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        L, diff = ctx.saved_tensors
+        inverse = torch.cholesky_inverse(L)
+        alpha = inverse @ diff  # (..., n, 1)
+        g = grad[..., None, None]
+        grad_mean = (g * alpha).squeeze(-1)
+        grad_cov = (alpha * alpha.mT - inverse).mul_(0.5 * g) if ctx.needs_input_grad[2] else None
+        return -grad_mean, grad_mean, grad_cov, None
+
+
+def _log_density(x, mean, cov, factorise):
+    "`log N(x; mean, cov)` `(...)`, `cov` factorised by `factorise`; through `_GaussianLogDensity` outside transforms."
+    if _inside_transforms():
+        return _log_density_from_factor(x, mean, factorise(cov))
+    L = factorise(cov.detach())
+    x, mean, cov, L = _common_batch((x, 1), (mean, 1), (cov, 2), (L, 2))
+    return _GaussianLogDensity.apply(x, mean, cov, L)
 
 # %% ../nbs/00_gaussian.ipynb
 def mvn_log_prob(
@@ -79,11 +157,48 @@ def mvn_log_prob(
     "Log-density of batched multivariate normals, through a Cholesky factor."
     if (cov is None) == (scale_tril is None):
         raise ValueError("mvn_log_prob needs exactly one of `cov` and `scale_tril`")
-    L = psd_cholesky(cov, name="covariance") if scale_tril is None else scale_tril
-    diff = (x - mean).unsqueeze(-1)
-    r = torch.linalg.solve_triangular(L, diff, upper=False).squeeze(-1)
-    half_log_det = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return -0.5 * (x.shape[-1] * math.log(2 * math.pi) + r.square().sum(-1)) - half_log_det
+    if scale_tril is not None:
+        return _log_density_from_factor(x, mean, scale_tril)
+    return _log_density(x, mean, cov, functools.partial(psd_cholesky, name="covariance"))
+
+# %% ../nbs/00_gaussian.ipynb
+class _GaussianKL(torch.autograd.Function):
+    "`KL(N(mean_q, cov_q) ‖ N(mean_p, cov_p))` `(...)` from the factors `Lq`, `Lp`, with the closed-form backward."
+
+    @staticmethod
+    def forward(ctx, mean_q, cov_q, mean_p, cov_p, Lq, Lp):
+        inverse_p = torch.cholesky_inverse(Lp)
+        gap = (mean_p - mean_q).unsqueeze(-1)
+        beta = inverse_p @ gap  # (..., n, 1)
+        ctx.save_for_backward(cov_q, Lq, inverse_p, beta)
+        trace, quadratic = (inverse_p * cov_q).sum((-2, -1)), (gap * beta).sum((-2, -1))
+        log_det_ratio = 2 * (Lp.diagonal(dim1=-2, dim2=-1).log() - Lq.diagonal(dim1=-2, dim2=-1).log()).sum(-1)
+        return 0.5 * (trace + quadratic - mean_q.shape[-1] + log_det_ratio)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        cov_q, Lq, inverse_p, beta = ctx.saved_tensors
+        g = grad[..., None, None]
+        grad_mean_p = (g * beta).squeeze(-1)
+        grad_cov_q = grad_cov_p = None
+        if ctx.needs_input_grad[1]:
+            grad_cov_q = (inverse_p - torch.cholesky_inverse(Lq)).mul_(0.5 * g)
+        if ctx.needs_input_grad[3]:
+            grad_cov_p = (inverse_p - inverse_p @ cov_q @ inverse_p - beta * beta.mT).mul_(0.5 * g)
+        return -grad_mean_p, grad_cov_q, grad_mean_p, grad_cov_p, None, None
+
+
+def _kl_divergence(mean_q, cov_q, mean_p, cov_p, factorise_q, factorise_p):
+    "`KL(q ‖ p)` `(...)` with the covariances factorised by `factorise_q`, `factorise_p`."
+    if _inside_transforms():
+        Lq, Lp = torch.broadcast_tensors(factorise_q(cov_q), factorise_p(cov_p))
+        diff = (mean_p - mean_q).unsqueeze(-1).expand(*Lp.shape[:-1], 1)
+        M = torch.linalg.solve_triangular(Lp, torch.cat([Lq, diff], -1), upper=False)
+        log_det_ratio = 2 * (Lp.diagonal(dim1=-2, dim2=-1).log() - Lq.diagonal(dim1=-2, dim2=-1).log()).sum(-1)
+        return 0.5 * (M.square().sum((-2, -1)) - mean_q.shape[-1] + log_det_ratio)
+    Lq, Lp = factorise_q(cov_q.detach()), factorise_p(cov_p.detach())
+    return _GaussianKL.apply(*_common_batch((mean_q, 1), (cov_q, 2), (mean_p, 1), (cov_p, 2), (Lq, 2), (Lp, 2)))
 
 # %% ../nbs/00_gaussian.ipynb
 def mvn_kl(
@@ -93,14 +208,8 @@ def mvn_kl(
     cov_p: torch.Tensor,  # `(..., n, n)`
 ) -> torch.Tensor:  # `KL(q ‖ p)`, shape `(...)`
     "KL divergence between batched multivariate normals `q = N(mean_q, cov_q)` and `p = N(mean_p, cov_p)`."
-    Lq = psd_cholesky(cov_q, name="covariance of q")
-    Lp = psd_cholesky(cov_p, name="covariance of p")
-    Lq, Lp = torch.broadcast_tensors(Lq, Lp)
-    diff = (mean_p - mean_q).unsqueeze(-1).expand(*Lp.shape[:-1], 1)
-    M = torch.linalg.solve_triangular(Lp, torch.cat([Lq, diff], -1), upper=False)
-    n = mean_q.shape[-1]
-    log_det_ratio = 2 * (Lp.diagonal(dim1=-2, dim2=-1).log() - Lq.diagonal(dim1=-2, dim2=-1).log()).sum(-1)
-    return 0.5 * (M.square().sum((-2, -1)) - n + log_det_ratio)
+    return _kl_divergence(mean_q, cov_q, mean_p, cov_p, functools.partial(psd_cholesky, name="covariance of q"),
+                          functools.partial(psd_cholesky, name="covariance of p"))
 
 # %% ../nbs/00_gaussian.ipynb
 def mvn_sample(

@@ -23,6 +23,7 @@ _HEADER_SOURCE = r'''
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -161,78 +162,72 @@ static Tensor mlp_backward_to_input(const MLPSaved& s, const Layers& L, const Te
   return at::mm(grad_a, L.weights[0]);
 }
 
-static std::pair<Tensors, Tensors> mlp_weight_grads(const std::vector<MLPFactors>& fs, const Layers& L) {
-  Tensors chain_grads;
-  for (size_t i = 0; i < fs[0].chain.size(); ++i) {
-    Tensors lefts, rights;
-    for (const auto& f : fs) {
-      lefts.push_back(f.chain[i].first);
-      rights.push_back(f.chain[i].second);
-    }
-    Tensor left = stacked(lefts, 0), right = stacked(rights, 0);
-    chain_grads.push_back(at::mm(left.reshape({-1, left.size(-1)}).t(), right.reshape({-1, right.size(-1)})));
-  }
-  Tensors firsts;
-  for (const auto& f : fs) firsts.push_back(f.first_rows);
-  Tensor first_grad = stacked(firsts, 1).sum(1);
-  const size_t count = L.weights.size();
-  Tensors jac_grads(count);
-  Tensor first_layer_grad;
-  if (L.reverse) {
-    for (size_t i = 1; i < chain_grads.size(); ++i) jac_grads[i] = chain_grads[i];
-    jac_grads[count - 1] = first_grad;
-    first_layer_grad = chain_grads[0];
-  } else {
-    for (size_t i = 0; i < chain_grads.size(); ++i) jac_grads[count - 1 - i] = chain_grads[i];
-    first_layer_grad = mT(first_grad);
-  }
-  Tensors grad_W(count), grad_b(count);
-  for (size_t index = 0; index < count; ++index) {
-    const size_t k = count - 1 - index;
-    Tensors as, hs;
-    for (const auto& f : fs) {
-      as.push_back(f.layer[index].first);
-      hs.push_back(f.layer[index].second);
-    }
-    Tensor grad_a = stacked(as, 0), h = stacked(hs, 0);
-    grad_W[k] = jac_grads[k].defined() ? at::addmm(jac_grads[k], grad_a.t(), h) : at::mm(grad_a.t(), h);
-    grad_b[k] = grad_a.sum(0);
-  }
-  grad_W[0].slice(1, 0, first_layer_grad.size(-1)).add_(first_layer_grad);
-  if (L.fold != 1.0) {
-    grad_W[0] = grad_W[0] * L.fold;
-    grad_W[count - 1] = grad_W[count - 1] / L.fold;
-    for (size_t i = 0; i + 1 < count; ++i) grad_b[i] = grad_b[i] * L.fold;
-  }
-  return {grad_W, grad_b};
-}
-
-// An MLP's weight gradients summed over the steps of a recursion, a block of steps at a time (`_WeightGradients`).
+// An MLP's weight gradients summed over the steps of a recursion (`_WeightGradients`, rearranged). The Jacobian
+// chain's products are added up step by step with `addmm_`, whose k·B-row contractions MKL runs at full speed;
+// joining those factors into blocks first, as the Python does to save operations, copied some 20 MB per push
+// iteration. The layers' factors, B rows a step, are still joined a block of steps at a time.
 struct WeightGradients {
   const Layers* layers;
   int64_t block_rows = 4096, rows = 0;
-  std::vector<MLPFactors> pending;
-  Tensors total_W, total_b;
+  Tensors chain_totals, layer_W, layer_b;  // Σ over steps of leftᵀ right; of grad_aᵀ h; of grad_a
+  Tensor first_total;                      // Σ over steps of ∂ℓ/∂(the chain's first rows), (k, B, H)
+  std::vector<Pairs> pending;              // the layers' (grad_a, h) of the steps not yet added
 
   void add(MLPFactors&& f) {
-    rows += f.first_rows.size(0) * f.first_rows.size(1);
-    pending.push_back(std::move(f));
+    for (size_t i = 0; i < f.chain.size(); ++i) {
+      const auto& [left, right] = f.chain[i];
+      Tensor left_t = left.reshape({-1, left.size(-1)}).t(), right_rows = right.reshape({-1, right.size(-1)});
+      if (i < chain_totals.size()) chain_totals[i].addmm_(left_t, right_rows);
+      else chain_totals.push_back(at::mm(left_t, right_rows));
+    }
+    first_total = first_total.defined() ? first_total.add_(f.first_rows) : f.first_rows;
+    rows += f.layer[0].first.size(0);
+    pending.push_back(std::move(f.layer));
     if (rows >= block_rows) flush();
   }
   void flush() {
-    auto [W, b] = mlp_weight_grads(pending, *layers);
-    if (!total_W.empty()) {
-      for (size_t i = 0; i < W.size(); ++i) {
-        W[i] = total_W[i] + W[i];
-        b[i] = total_b[i] + b[i];
+    for (size_t index = 0; index < pending[0].size(); ++index) {
+      Tensors as, hs;
+      for (const auto& layer : pending) as.push_back(layer[index].first), hs.push_back(layer[index].second);
+      Tensor grad_a = stacked(as, 0), h = stacked(hs, 0);
+      if (index < layer_W.size()) {
+        layer_W[index].addmm_(grad_a.t(), h), layer_b[index].add_(grad_a.sum(0));
+      } else {
+        layer_W.push_back(at::mm(grad_a.t(), h)), layer_b.push_back(grad_a.sum(0));
       }
     }
-    total_W = std::move(W), total_b = std::move(b), pending.clear(), rows = 0;
+    pending.clear(), rows = 0;
   }
   Tensors result() {  // `[W_1, b_1, ..., W_L, b_L]`; undefined (None) when no step was added
+    const Layers& L = *layers;
+    const size_t count = L.weights.size();
+    Tensors grads(2 * count);
     if (!pending.empty()) flush();
-    Tensors grads(2 * layers->weights.size());
-    for (size_t i = 0; i < total_W.size(); ++i) grads[2 * i] = total_W[i], grads[2 * i + 1] = total_b[i];
+    if (layer_W.empty()) return grads;
+    Tensor first_grad = first_total.sum(1);
+    Tensors jac_grads(count);
+    Tensor first_layer_grad;
+    if (L.reverse) {
+      for (size_t i = 1; i < chain_totals.size(); ++i) jac_grads[i] = chain_totals[i];
+      jac_grads[count - 1] = first_grad;
+      first_layer_grad = chain_totals[0];
+    } else {
+      for (size_t i = 0; i < chain_totals.size(); ++i) jac_grads[count - 1 - i] = chain_totals[i];
+      first_layer_grad = mT(first_grad);
+    }
+    Tensors grad_W(count), grad_b(count);
+    for (size_t index = 0; index < count; ++index) {
+      const size_t k = count - 1 - index;
+      grad_W[k] = jac_grads[k].defined() ? layer_W[index].add_(jac_grads[k]) : layer_W[index];
+      grad_b[k] = layer_b[index];
+    }
+    grad_W[0].slice(1, 0, first_layer_grad.size(-1)).add_(first_layer_grad);
+    if (L.fold != 1.0) {
+      grad_W[0] = grad_W[0] * L.fold;
+      grad_W[count - 1] = grad_W[count - 1] / L.fold;
+      for (size_t i = 0; i + 1 < count; ++i) grad_b[i] = grad_b[i] * L.fold;
+    }
+    for (size_t k = 0; k < count; ++k) grads[2 * k] = grad_W[k], grads[2 * k + 1] = grad_b[k];
     return grads;
   }
 };
@@ -240,16 +235,99 @@ struct WeightGradients {
 
 # %% ../nbs/03a_native_loops.ipynb
 _STEP_SOURCE = r'''
+// One batch element of a tensor whose dimensions after the first are contiguous (copied to be so if not);
+// the batch stride may be 0 (an expanded R).
+static Tensor inner_contiguous(const Tensor& X) {
+  int64_t expected = 1;
+  for (int64_t d = X.dim() - 1; d >= 1; --d) {
+    if (X.size(d) != 1 && X.stride(d) != expected) return X.contiguous();
+    expected *= X.size(d);
+  }
+  return X;
+}
+
+template <typename T>
+static const T* element(const Tensor& X, int64_t b) {
+  return X.const_data_ptr<T>() + b * X.stride(0);
+}
+
+// Σ⁺ = sym(A Σ Aᵀ + Q) with A = J + I, one batch element at a time; returns {A, Σ⁺}.
+static std::pair<Tensor, Tensor> propagate_covariance(const Tensor& J_in, const Tensor& cov_in, const Tensor& Q_in) {
+  const int64_t B = cov_in.size(0), n = cov_in.size(-1);
+  Tensor J = inner_contiguous(J_in), cov = inner_contiguous(cov_in), Q = inner_contiguous(Q_in.expand({B, n, n}));
+  Tensor A = at::empty({B, n, n}, cov.options()), next = at::empty({B, n, n}, cov.options());
+  AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "propagate_covariance", [&] {
+    using T = scalar_t;
+    std::vector<T> AP(n * n);
+    for (int64_t b = 0; b < B; ++b) {
+      const T *Jb = element<T>(J, b), *P = element<T>(cov, b), *Qb = element<T>(Q, b);
+      T *Ab = A.data_ptr<T>() + b * n * n, *out = next.data_ptr<T>() + b * n * n;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) Ab[i * n + j] = Jb[i * n + j] + (i == j ? T(1) : T(0));
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          T acc = 0;
+          for (int64_t k = 0; k < n; ++k) acc += Ab[i * n + k] * P[k * n + j];
+          AP[i * n + j] = acc;
+        }
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j <= i; ++j) {
+          T acc = Qb[i * n + j] + Qb[j * n + i];
+          for (int64_t k = 0; k < n; ++k) acc += AP[i * n + k] * Ab[j * n + k] + AP[j * n + k] * Ab[i * n + k];
+          out[i * n + j] = out[j * n + i] = T(0.5) * acc;
+        }
+    }
+  });
+  return {A, next};
+}
+
+// The covariance part of its backward: G = sym(∂Σ⁺), ∂J = ∂A + 2 G A Σ, ∂Σ = Aᵀ G A; returns {∂Σ, ∂J, G}.
+static std::tuple<Tensor, Tensor, Tensor> propagate_covariance_backward(const Tensor& A_in, const Tensor& cov_in,
+                                                                        const Tensor& grad_next_in,
+                                                                        const Tensor& grad_A_in) {
+  const int64_t B = cov_in.size(0), n = cov_in.size(-1);
+  Tensor A = inner_contiguous(A_in), cov = inner_contiguous(cov_in), Gc = inner_contiguous(grad_next_in);
+  Tensor grad_A = grad_A_in.defined() ? inner_contiguous(grad_A_in) : Tensor();
+  Tensor grad_cov = at::empty({B, n, n}, cov.options()), grad_J = at::empty({B, n, n}, cov.options());
+  Tensor G = at::empty({B, n, n}, cov.options());
+  AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "propagate_covariance_backward", [&] {
+    using T = scalar_t;
+    std::vector<T> GA(n * n);
+    for (int64_t b = 0; b < B; ++b) {
+      const T *Ab = element<T>(A, b), *P = element<T>(cov, b), *Gcb = element<T>(Gc, b);
+      const T* gA = grad_A.defined() ? element<T>(grad_A, b) : nullptr;
+      T *Gb = G.data_ptr<T>() + b * n * n, *gJ = grad_J.data_ptr<T>() + b * n * n;
+      T* gP = grad_cov.data_ptr<T>() + b * n * n;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) Gb[i * n + j] = T(0.5) * (Gcb[i * n + j] + Gcb[j * n + i]);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          T acc = 0;
+          for (int64_t k = 0; k < n; ++k) acc += Gb[i * n + k] * Ab[k * n + j];
+          GA[i * n + j] = acc;
+        }
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          T to_J = 0, to_P = 0;
+          for (int64_t k = 0; k < n; ++k) to_J += GA[i * n + k] * P[k * n + j], to_P += Ab[k * n + i] * GA[k * n + j];
+          gJ[i * n + j] = (gA != nullptr ? gA[i * n + j] : T(0)) + T(2) * to_J;
+          gP[i * n + j] = to_P;
+        }
+    }
+  });
+  return {grad_cov, grad_J, G};
+}
+
 struct TimeUpdate {
   Tensor mean, cov, A;
 };
 
 static TimeUpdate time_update(const Tensor& mean, const Tensor& cov, const Tensor& u, const Tensor& Q,
-                              const Tensor& eye, const Layers& L, MLPSaved& s) {
+                              const Layers& L, MLPSaved& s) {
   Tensor x = u.defined() ? at::cat({mean, u}, -1) : mean;
   auto [out, J] = mlp_forward(x, L, s);
-  Tensor A = J + eye;
-  return {mean + out, symmetrize(at::baddbmm(Q, at::bmm(A, cov), mT(A))), A};
+  auto [A, next_cov] = propagate_covariance(J, cov, Q);
+  return {mean + out, next_cov, A};
 }
 
 struct TimeUpdateGrads {
@@ -259,61 +337,234 @@ struct TimeUpdateGrads {
 static TimeUpdateGrads time_update_backward(const Layers& L, const MLPSaved& s, const Tensor& cov, const Tensor& A,
                                             const Tensor& grad_mean, const Tensor& grad_cov, const Tensor& grad_A,
                                             bool has_controls, MLPFactors& f) {
-  Tensor G = symmetrize(grad_cov);
-  Tensor GA = at::bmm(G, A);
-  Tensor grad_x = mlp_backward_to_input(s, L, grad_mean, at::baddbmm(grad_A, GA, cov, 1, 2), f);
+  auto [grad_prev_cov, grad_J, G] = propagate_covariance_backward(A, cov, grad_cov, grad_A);
+  Tensor grad_x = mlp_backward_to_input(s, L, grad_mean, grad_J, f);
   const int64_t n = A.size(-1);
   Tensor grad_u = has_controls ? grad_x.slice(1, n) : Tensor();
-  return {grad_x.slice(1, 0, n) + grad_mean, at::bmm(mT(A), GA), grad_u, G};
+  return {grad_x.slice(1, 0, n) + grad_mean, grad_prev_cov, grad_u, G};
 }
 
 struct KalmanSaved {
-  Tensor Kt, s, gain_step, M;
+  Tensor Kt, s, gain_step, M;  // Kᵀ (B,p,n), S⁻¹(y − ŷ) (B,p,1), its gain (B,1,n), I − K C (B,n,n)
 };
 
 struct KalmanUpdate {
   Tensor mean, cov, S, info;
 };
 
-static KalmanUpdate kalman_update(const Tensor& mean, const Tensor& cov, const Tensor& y_pred, const Tensor& C,
-                                  const Tensor& R, const Tensor& y, const Tensor& eye, KalmanSaved& k) {
-  Tensor CP = at::bmm(C, cov);
-  Tensor S = at::baddbmm(R, CP, mT(C));
-  auto [L, info] = at::linalg_cholesky_ex(S);
-  const int64_t n = CP.size(-1);
-  Tensor solution = at::cholesky_solve(at::cat({CP, (y - y_pred).unsqueeze(-1)}, -1), L);
-  k.Kt = solution.slice(-1, 0, n).contiguous();
-  k.s = solution.slice(-1, n);
-  k.gain_step = at::bmm(mT(k.s), CP);
-  k.M = at::baddbmm(eye, mT(k.Kt), C, 1, -1);
-  Tensor new_cov = symmetrize(at::baddbmm(at::bmm(at::bmm(k.M, cov), mT(k.M)), mT(k.Kt), at::bmm(R, k.Kt)));
-  return {mean + k.gain_step.squeeze(1), new_cov, S, info};
+// The update of one batch element; matrices are row-major, `L` and `X` are workspaces (p×p, p×(n+1)).
+template <typename T>
+static int32_t kalman_element(int64_t n, int64_t p, const T* mean, const T* P, const T* y_pred, const T* C,
+                              const T* R, const T* y, T* CP, T* L, T* X, T* MP, T* RK, T* new_mean, T* new_cov,
+                              T* S, T* Kt, T* s, T* gain, T* M) {
+  const int64_t w = n + 1;
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < n; ++k) acc += C[i * n + k] * P[k * n + j];
+      CP[i * n + j] = acc;
+    }
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < p; ++j) {
+      T acc = R[i * p + j];
+      for (int64_t k = 0; k < n; ++k) acc += CP[i * n + k] * C[j * n + k];
+      S[i * p + j] = acc;
+    }
+  int32_t info = 0;  // as LAPACK: the first column whose pivot is not positive, counted from 1
+  for (int64_t j = 0; j < p; ++j) {
+    T d = S[j * p + j];
+    for (int64_t k = 0; k < j; ++k) d -= L[j * p + k] * L[j * p + k];
+    if (!(d > 0) && info == 0) info = static_cast<int32_t>(j + 1);
+    const T pivot = std::sqrt(d);
+    L[j * p + j] = pivot;
+    for (int64_t i = j + 1; i < p; ++i) {
+      T acc = S[i * p + j];
+      for (int64_t k = 0; k < j; ++k) acc -= L[i * p + k] * L[j * p + k];
+      L[i * p + j] = acc / pivot;
+    }
+  }
+  for (int64_t i = 0; i < p; ++i) {  // X = S⁻¹ [CP | y − ŷ]: forward, then back substitution
+    for (int64_t j = 0; j < n; ++j) X[i * w + j] = CP[i * n + j];
+    X[i * w + n] = y[i] - y_pred[i];
+  }
+  for (int64_t i = 0; i < p; ++i) {
+    for (int64_t k = 0; k < i; ++k)
+      for (int64_t j = 0; j < w; ++j) X[i * w + j] -= L[i * p + k] * X[k * w + j];
+    for (int64_t j = 0; j < w; ++j) X[i * w + j] /= L[i * p + i];
+  }
+  for (int64_t i = p - 1; i >= 0; --i) {
+    for (int64_t k = i + 1; k < p; ++k)
+      for (int64_t j = 0; j < w; ++j) X[i * w + j] -= L[k * p + i] * X[k * w + j];
+    for (int64_t j = 0; j < w; ++j) X[i * w + j] /= L[i * p + i];
+  }
+  for (int64_t i = 0; i < p; ++i) {
+    for (int64_t j = 0; j < n; ++j) Kt[i * n + j] = X[i * w + j];
+    s[i] = X[i * w + n];
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    T acc = 0;
+    for (int64_t i = 0; i < p; ++i) acc += s[i] * CP[i * n + j];
+    gain[j] = acc;
+    new_mean[j] = mean[j] + acc;
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = i == j ? T(1) : T(0);
+      for (int64_t k = 0; k < p; ++k) acc -= Kt[k * n + i] * C[k * n + j];
+      M[i * n + j] = acc;
+    }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < n; ++k) acc += M[i * n + k] * P[k * n + j];
+      MP[i * n + j] = acc;
+    }
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < p; ++k) acc += R[i * p + k] * Kt[k * n + j];
+      RK[i * n + j] = acc;
+    }
+  for (int64_t i = 0; i < n; ++i)  // Σ' = M Σ Mᵀ + Kᵀᵀ R Kᵀ (Joseph form), the lower triangle, then mirrored
+    for (int64_t j = 0; j <= i; ++j) {
+      T a = 0, b = 0;
+      for (int64_t k = 0; k < n; ++k) a += MP[i * n + k] * M[j * n + k] + MP[j * n + k] * M[i * n + k];
+      for (int64_t k = 0; k < p; ++k) b += Kt[k * n + i] * RK[k * n + j] + Kt[k * n + j] * RK[k * n + i];
+      new_cov[i * n + j] = new_cov[j * n + i] = T(0.5) * (a + b);
+    }
+  return info;
+}
+
+static KalmanUpdate kalman_update(const Tensor& mean_in, const Tensor& cov_in, const Tensor& y_pred_in,
+                                  const Tensor& C_in, const Tensor& R_in, const Tensor& y_in, KalmanSaved& k) {
+  const int64_t B = cov_in.size(0), n = cov_in.size(-1), p = C_in.size(1);
+  Tensor mean = inner_contiguous(mean_in), cov = inner_contiguous(cov_in), y_pred = inner_contiguous(y_pred_in);
+  Tensor C = inner_contiguous(C_in), R = inner_contiguous(R_in.expand({B, p, p})), y = inner_contiguous(y_in);
+  auto options = cov.options();
+  Tensor new_mean = at::empty({B, n}, options), new_cov = at::empty({B, n, n}, options);
+  Tensor S = at::empty({B, p, p}, options), info = at::empty({B}, options.dtype(at::kInt));
+  k.Kt = at::empty({B, p, n}, options), k.s = at::empty({B, p, 1}, options);
+  k.gain_step = at::empty({B, 1, n}, options), k.M = at::empty({B, n, n}, options);
+  AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "kalman_update", [&] {
+    using T = scalar_t;
+    std::vector<T> CP(p * n), L(p * p), X(p * (n + 1)), MP(n * n), RK(p * n);
+    for (int64_t b = 0; b < B; ++b) {
+      info.data_ptr<int32_t>()[b] = kalman_element<T>(
+          n, p, element<T>(mean, b), element<T>(cov, b), element<T>(y_pred, b), element<T>(C, b), element<T>(R, b),
+          element<T>(y, b), CP.data(), L.data(), X.data(), MP.data(), RK.data(), new_mean.data_ptr<T>() + b * n,
+          new_cov.data_ptr<T>() + b * n * n, S.data_ptr<T>() + b * p * p, k.Kt.data_ptr<T>() + b * p * n,
+          k.s.data_ptr<T>() + b * p, k.gain_step.data_ptr<T>() + b * n, k.M.data_ptr<T>() + b * n * n);
+    }
+  });
+  return {new_mean, new_cov, S, info};
 }
 
 struct KalmanGrads {
   Tensor cov, y_pred, C, R, y;
 };
 
-static KalmanGrads kalman_update_backward(const Tensor& cov, const Tensor& C, const Tensor& new_cov,
-                                          const KalmanSaved& k, const Tensor& grad_mean, const Tensor& grad_cov,
-                                          const Tensor& grad_S) {
-  Tensor G = symmetrize(grad_cov), g = grad_mean.unsqueeze(-1), Ct = mT(C);
-  Tensor Ktg = at::bmm(k.Kt, g);
-  Tensor Mtg = at::baddbmm(g, Ct, Ktg, 1, -1);
-  Tensor grad_cov_in = at::baddbmm(at::bmm(mT(k.M), at::bmm(G, k.M)), Mtg, at::bmm(mT(k.s), C));
-  Tensor GK = at::bmm(G, mT(k.Kt));
-  Tensor grad_R = at::baddbmm(at::bmm(k.Kt, GK), Ktg, mT(k.s), 1, -1);
-  Tensor grad_C = at::baddbmm(at::bmm(k.s, mT(at::bmm(new_cov, g))), Ktg, k.gain_step, 1, -1);
-  grad_C = at::baddbmm(grad_C, mT(GK), new_cov, 1, -2);
-  if (grad_S.defined()) {
-    Tensor G_S = symmetrize(grad_S);
-    Tensor G_S_C = at::bmm(G_S, C);
-    grad_cov_in = at::baddbmm(grad_cov_in, Ct, G_S_C);
-    grad_R = grad_R + G_S;
-    grad_C = at::baddbmm(grad_C, G_S_C, cov, 1, 2);
+// The backward of one batch element (`_kalman_update_backward`); `GS` is null when S has no gradient.
+template <typename T>
+static void kalman_backward_element(int64_t n, int64_t p, const T* P, const T* C, const T* N, const T* Kt,
+                                    const T* s, const T* gain, const T* M, const T* g, const T* Gc, const T* GS,
+                                    T* G, T* GM, T* GK, T* Ktg, T* Mtg, T* work_n, T* GSs, T* GSC, T* grad_cov,
+                                    T* grad_y_pred, T* grad_C, T* grad_R, T* grad_y) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) G[i * n + j] = T(0.5) * (Gc[i * n + j] + Gc[j * n + i]);
+  for (int64_t i = 0; i < p; ++i) {
+    T acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += Kt[i * n + j] * g[j];
+    Ktg[i] = acc;
+    grad_y[i] = acc, grad_y_pred[i] = -acc;
   }
-  Tensor grad_y = Ktg.squeeze(-1);
-  return {grad_cov_in, -grad_y, grad_C, grad_R, grad_y};
+  for (int64_t j = 0; j < n; ++j) {  // Mᵀ g = g − Cᵀ K g, and sᵀ C (in work_n)
+    T a = g[j], b = 0;
+    for (int64_t i = 0; i < p; ++i) a -= C[i * n + j] * Ktg[i], b += s[i] * C[i * n + j];
+    Mtg[j] = a, work_n[j] = b;
+  }
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t l = 0; l < n; ++l) acc += G[k * n + l] * M[l * n + j];
+      GM[k * n + j] = acc;
+    }
+  for (int64_t i = 0; i < n; ++i)  // ∂Σ = Mᵀ G M + (Mᵀg)(sᵀC)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = Mtg[i] * work_n[j];
+      for (int64_t k = 0; k < n; ++k) acc += M[k * n + i] * GM[k * n + j];
+      grad_cov[i * n + j] = acc;
+    }
+  for (int64_t i = 0; i < n; ++i)  // G Kᵀᵀ (n×p)
+    for (int64_t j = 0; j < p; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < n; ++k) acc += G[i * n + k] * Kt[j * n + k];
+      GK[i * p + j] = acc;
+    }
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < p; ++j) {
+      T acc = -Ktg[i] * s[j];
+      for (int64_t k = 0; k < n; ++k) acc += Kt[i * n + k] * GK[k * p + j];
+      grad_R[i * p + j] = acc;
+    }
+  for (int64_t i = 0; i < n; ++i) {  // Σ' g, in work_n
+    T acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += N[i * n + j] * g[j];
+    work_n[i] = acc;
+  }
+  for (int64_t i = 0; i < p; ++i)  // ∂C = s (Σ'g)ᵀ − (Kg) gainᵀ − 2 (G Kᵀᵀ)ᵀ Σ'
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < n; ++k) acc += GK[k * p + i] * N[k * n + j];
+      grad_C[i * n + j] = s[i] * work_n[j] - Ktg[i] * gain[j] - T(2) * acc;
+    }
+  if (GS == nullptr) return;
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < p; ++j) GSs[i * p + j] = T(0.5) * (GS[i * p + j] + GS[j * p + i]);
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < p; ++k) acc += GSs[i * p + k] * C[k * n + j];
+      GSC[i * n + j] = acc;
+    }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < p; ++k) acc += C[k * n + i] * GSC[k * n + j];
+      grad_cov[i * n + j] += acc;
+    }
+  for (int64_t i = 0; i < p; ++i) {
+    for (int64_t j = 0; j < p; ++j) grad_R[i * p + j] += GSs[i * p + j];
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < n; ++k) acc += GSC[i * n + k] * P[k * n + j];
+      grad_C[i * n + j] += T(2) * acc;
+    }
+  }
+}
+
+static KalmanGrads kalman_update_backward(const Tensor& cov_in, const Tensor& C_in, const Tensor& new_cov_in,
+                                          const KalmanSaved& k, const Tensor& grad_mean_in,
+                                          const Tensor& grad_cov_in, const Tensor& grad_S_in) {
+  const int64_t B = cov_in.size(0), n = cov_in.size(-1), p = C_in.size(1);
+  Tensor cov = inner_contiguous(cov_in), C = inner_contiguous(C_in), new_cov = inner_contiguous(new_cov_in);
+  Tensor g = inner_contiguous(grad_mean_in), Gc = inner_contiguous(grad_cov_in);
+  Tensor GS = grad_S_in.defined() ? inner_contiguous(grad_S_in) : Tensor();
+  auto options = cov.options();
+  KalmanGrads out{at::empty({B, n, n}, options), at::empty({B, p}, options), at::empty({B, p, n}, options),
+                  at::empty({B, p, p}, options), at::empty({B, p}, options)};
+  AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "kalman_update_backward", [&] {
+    using T = scalar_t;
+    std::vector<T> G(n * n), GM(n * n), GK(n * p), Ktg(p), Mtg(n), work_n(n), GSs(p * p), GSC(p * n);
+    for (int64_t b = 0; b < B; ++b) {
+      kalman_backward_element<T>(
+          n, p, element<T>(cov, b), element<T>(C, b), element<T>(new_cov, b), element<T>(k.Kt, b),
+          element<T>(k.s, b), element<T>(k.gain_step, b), element<T>(k.M, b), element<T>(g, b), element<T>(Gc, b),
+          GS.defined() ? element<T>(GS, b) : nullptr, G.data(), GM.data(), GK.data(), Ktg.data(), Mtg.data(),
+          work_n.data(), GSs.data(), GSC.data(), out.cov.data_ptr<T>() + b * n * n, out.y_pred.data_ptr<T>() + b * p,
+          out.C.data_ptr<T>() + b * p * n, out.R.data_ptr<T>() + b * p * p, out.y.data_ptr<T>() + b * p);
+    }
+  });
+  return out;
 }
 '''
 
@@ -340,13 +591,12 @@ static std::pair<Tensors, std::shared_ptr<FilterTape>> filter_forward(
   tape->observation = make_layers(observation_params, observation_activation, observation_beta, n);
   tape->has_controls = u.has_value();
   if (mask.has_value()) tape->mask = *mask;
-  Tensor eye = at::eye(n, mean.options());
   std::vector<Tensors> fields(9);
   for (int64_t t = 0; t < T; ++t) {
     MLPSaved observation_saved;
     auto [y_pred, C] = mlp_forward(mean, tape->observation, observation_saved);
     KalmanSaved update_saved;
-    auto update = kalman_update(mean, cov, y_pred, C, R, y.select(1, t), eye, update_saved);
+    auto update = kalman_update(mean, cov, y_pred, C, R, y.select(1, t), update_saved);
     tape->updated_covs.push_back(update.cov);
     Tensor new_mean = update.mean, new_cov = update.cov;
     if (mask.has_value()) {
@@ -362,7 +612,7 @@ static std::pair<Tensors, std::shared_ptr<FilterTape>> filter_forward(
     if (t < T - 1) {
       MLPSaved dynamics_saved;
       Tensor u_t = u.has_value() ? u->select(1, t) : Tensor();
-      auto next = time_update(new_mean, new_cov, u_t, Q, eye, tape->dynamics, dynamics_saved);
+      auto next = time_update(new_mean, new_cov, u_t, Q, tape->dynamics, dynamics_saved);
       mean = next.mean, cov = next.cov;
       fields[7].push_back(next.A);
       tape->dynamics_saved.push_back(std::move(dynamics_saved));
@@ -440,11 +690,10 @@ static std::pair<Tensors, std::shared_ptr<RolloutTape>> rollout_forward(
   const int64_t B = mean.size(0), n = mean.size(-1);
   tape->dynamics = make_layers(params, activation, beta, n);
   tape->has_controls = u.has_value();
-  Tensor eye = at::eye(n, mean.options());
   Tensors means{mean}, covs{cov}, A;
   for (int64_t k = 0; k + 1 < steps; ++k) {
     MLPSaved saved;
-    auto next = time_update(mean, cov, u.has_value() ? u->select(1, k) : Tensor(), Q, eye, tape->dynamics, saved);
+    auto next = time_update(mean, cov, u.has_value() ? u->select(1, k) : Tensor(), Q, tape->dynamics, saved);
     mean = next.mean, cov = next.cov;
     means.push_back(mean), covs.push_back(cov), A.push_back(next.A), tape->saved.push_back(std::move(saved));
   }
@@ -478,49 +727,126 @@ static Tensors rollout_backward(RolloutTape& tape, const Tensor& covs, const Ten
 # %% ../nbs/03a_native_loops.ipynb
 _RTS_SOURCE = r'''
 struct RTSTape {
-  Tensors G, Gt, mean_gaps, cov_gaps;
+  Tensor G, mean_gaps, cov_gaps;  // gains (B,T-1,n,n); μ_{t+1|T} − μ⁻_{t+1} (B,T-1,n); Σ_{t+1|T} − Σ⁻_{t+1} (B,T-1,n,n)
 };
 
+// Both directions run as plain loops: each batch element's recursion is independent, and every step is a
+// few n×n products, which as ATen calls would cost more in overhead than in arithmetic.
 static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
     const Tensor& filtered_means, const Tensor& filtered_covs, const Tensor& next_predicted_means,
     const Tensor& next_predicted_covs, const Tensor& gains) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto tape = std::make_shared<RTSTape>();
-  const int64_t steps = gains.size(1);
-  Tensor fm = filtered_means.unsqueeze(-1), pm = next_predicted_means.unsqueeze(-1), gains_t = mT(gains);
-  Tensors means(steps + 1), covs(steps + 1);
-  means[steps] = fm.select(1, steps), covs[steps] = filtered_covs.select(1, steps);
-  tape->G.resize(steps), tape->Gt.resize(steps), tape->mean_gaps.resize(steps), tape->cov_gaps.resize(steps);
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    Tensor G = gains.select(1, t), Gt = gains_t.select(1, t);
-    Tensor mean_gap = means[t + 1] - pm.select(1, t), cov_gap = covs[t + 1] - next_predicted_covs.select(1, t);
-    means[t] = at::baddbmm(fm.select(1, t), G, mean_gap);
-    covs[t] = symmetrize(at::baddbmm(filtered_covs.select(1, t), at::bmm(G, cov_gap), Gt));
-    tape->G[t] = G, tape->Gt[t] = Gt, tape->mean_gaps[t] = mean_gap, tape->cov_gaps[t] = cov_gap;
-  }
-  return {at::stack(means, 1).squeeze(-1), at::stack(covs, 1), tape};
+  const int64_t B = gains.size(0), steps = gains.size(1), n = gains.size(-1), T_all = steps + 1;
+  Tensor fm = filtered_means.contiguous(), fc = filtered_covs.contiguous();
+  Tensor pm = next_predicted_means.contiguous(), pc = next_predicted_covs.contiguous();
+  tape->G = gains.contiguous();
+  auto options = fc.options();
+  Tensor means = at::empty({B, T_all, n}, options), covs = at::empty({B, T_all, n, n}, options);
+  tape->mean_gaps = at::empty({B, steps, n}, options), tape->cov_gaps = at::empty({B, steps, n, n}, options);
+  const int64_t nn = n * n;
+  AT_DISPATCH_FLOATING_TYPES(fc.scalar_type(), "rts_forward", [&] {
+    using T = scalar_t;
+    std::vector<T> GD(nn);
+    const T *fmp = fm.const_data_ptr<T>(), *fcp = fc.const_data_ptr<T>(), *pmp = pm.const_data_ptr<T>();
+    const T *pcp = pc.const_data_ptr<T>(), *Gp = tape->G.const_data_ptr<T>();
+    T *mp = means.data_ptr<T>(), *cp = covs.data_ptr<T>();
+    T *dmp = tape->mean_gaps.data_ptr<T>(), *dcp = tape->cov_gaps.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t last = b * T_all + steps;
+      std::copy(fmp + last * n, fmp + (last + 1) * n, mp + last * n);
+      std::copy(fcp + last * nn, fcp + (last + 1) * nn, cp + last * nn);
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        const int64_t here = b * T_all + t, gap = b * steps + t;
+        const T *G = Gp + gap * nn, *next_mean = mp + (here + 1) * n, *next_cov = cp + (here + 1) * nn;
+        T *dm = dmp + gap * n, *dc = dcp + gap * nn, *mean = mp + here * n, *cov = cp + here * nn;
+        for (int64_t i = 0; i < n; ++i) dm[i] = next_mean[i] - pmp[gap * n + i];
+        for (int64_t i = 0; i < nn; ++i) dc[i] = next_cov[i] - pcp[gap * nn + i];
+        for (int64_t i = 0; i < n; ++i) {
+          T acc = fmp[here * n + i];
+          for (int64_t k = 0; k < n; ++k) acc += G[i * n + k] * dm[k];
+          mean[i] = acc;
+        }
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            T acc = 0;
+            for (int64_t k = 0; k < n; ++k) acc += G[i * n + k] * dc[k * n + j];
+            GD[i * n + j] = acc;
+          }
+        const T* F = fcp + here * nn;
+        for (int64_t i = 0; i < n; ++i)  // sym(Σ_t + G ΔΣ Gᵀ)
+          for (int64_t j = 0; j <= i; ++j) {
+            T acc = F[i * n + j] + F[j * n + i];
+            for (int64_t k = 0; k < n; ++k) acc += GD[i * n + k] * G[j * n + k] + GD[j * n + k] * G[i * n + k];
+            cov[i * n + j] = cov[j * n + i] = T(0.5) * acc;
+          }
+      }
+    }
+  });
+  return {means, covs, tape};
 }
 
 static Tensors rts_backward(const RTSTape& tape, const std::optional<Tensor>& grad_means,
                             const std::optional<Tensor>& grad_covs) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Tensor& G0 = tape.G[0];
-  const int64_t B = G0.size(0), n = G0.size(1), steps = tape.G.size() + 1;
-  Tensor gm = grad_means.has_value() ? grad_means->unsqueeze(-1) : at::zeros({B, steps, n, 1}, G0.options());
-  Tensor gc = grad_covs.has_value() ? symmetrize(*grad_covs) : at::zeros({B, steps, n, n}, G0.options());
-  Tensor carry_mean = gm.select(1, 0), carry_cov = gc.select(1, 0);
-  Tensors to_fm, to_fc, to_gap_mean, to_gap_cov, to_G;
-  for (int64_t t = 0; t + 1 < steps; ++t) {
-    to_fm.push_back(carry_mean), to_fc.push_back(carry_cov);
-    Tensor CG = at::bmm(carry_cov, tape.G[t]);
-    to_G.push_back(at::baddbmm(at::bmm(carry_mean, mT(tape.mean_gaps[t])), CG, tape.cov_gaps[t], 1, 2));
-    Tensor gap_mean = at::bmm(tape.Gt[t], carry_mean), gap_cov = at::bmm(tape.Gt[t], CG);
-    to_gap_mean.push_back(gap_mean), to_gap_cov.push_back(gap_cov);
-    carry_mean = gm.select(1, t + 1) + gap_mean, carry_cov = gc.select(1, t + 1) + gap_cov;
-  }
-  to_fm.push_back(carry_mean), to_fc.push_back(carry_cov);
-  return {at::stack(to_fm, 1).squeeze(-1), at::stack(to_fc, 1), -at::stack(to_gap_mean, 1).squeeze(-1),
-          -at::stack(to_gap_cov, 1), at::stack(to_G, 1)};
+  const int64_t B = tape.G.size(0), steps = tape.G.size(1), n = tape.G.size(-1), T_all = steps + 1, nn = n * n;
+  auto options = tape.G.options();
+  Tensor gm = grad_means.has_value() ? grad_means->contiguous() : Tensor();
+  Tensor gc = grad_covs.has_value() ? grad_covs->contiguous() : Tensor();
+  Tensor to_fm = at::empty({B, T_all, n}, options), to_fc = at::empty({B, T_all, n, n}, options);
+  Tensor to_pm = at::empty({B, steps, n}, options), to_pc = at::empty({B, steps, n, n}, options);
+  Tensor to_G = at::empty({B, steps, n, n}, options);
+  AT_DISPATCH_FLOATING_TYPES(tape.G.scalar_type(), "rts_backward", [&] {
+    using T = scalar_t;
+    std::vector<T> CG(nn);
+    const T *Gp = tape.G.const_data_ptr<T>(), *dmp = tape.mean_gaps.const_data_ptr<T>();
+    const T* dcp = tape.cov_gaps.const_data_ptr<T>();
+    const T* gmp = gm.defined() ? gm.const_data_ptr<T>() : nullptr;
+    const T* gcp = gc.defined() ? gc.const_data_ptr<T>() : nullptr;
+    T *fmp = to_fm.data_ptr<T>(), *fcp = to_fc.data_ptr<T>(), *pmp = to_pm.data_ptr<T>();
+    T *pcp = to_pc.data_ptr<T>(), *tGp = to_G.data_ptr<T>();
+    // the carried gradients live in to_fm, to_fc: step t's carry is what flows into the filtered belief of t
+    auto seed = [&](int64_t index, T* mean, T* cov) {  // ∂ℓ/∂μ_{t|T}, sym(∂ℓ/∂Σ_{t|T}) of step `index`
+      for (int64_t i = 0; i < n; ++i) mean[i] = gmp ? gmp[index * n + i] : T(0);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j)
+          cov[i * n + j] = gcp ? T(0.5) * (gcp[index * nn + i * n + j] + gcp[index * nn + j * n + i]) : T(0);
+    };
+    for (int64_t b = 0; b < B; ++b) {
+      seed(b * T_all, fmp + b * T_all * n, fcp + b * T_all * nn);
+      for (int64_t t = 0; t < steps; ++t) {
+        const int64_t here = b * T_all + t, gap = b * steps + t;
+        const T *G = Gp + gap * nn, *dm = dmp + gap * n, *dc = dcp + gap * nn;
+        const T *carry_mean = fmp + here * n, *carry_cov = fcp + here * nn;
+        T *next_mean = fmp + (here + 1) * n, *next_cov = fcp + (here + 1) * nn, *gG = tGp + gap * nn;
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            T acc = 0;
+            for (int64_t k = 0; k < n; ++k) acc += carry_cov[i * n + k] * G[k * n + j];
+            CG[i * n + j] = acc;
+          }
+        for (int64_t i = 0; i < n; ++i)  // ∂G = c Δμᵀ + 2 C G ΔΣ
+          for (int64_t j = 0; j < n; ++j) {
+            T acc = carry_mean[i] * dm[j];
+            for (int64_t k = 0; k < n; ++k) acc += T(2) * CG[i * n + k] * dc[k * n + j];
+            gG[i * n + j] = acc;
+          }
+        seed(here + 1, next_mean, next_cov);
+        for (int64_t i = 0; i < n; ++i) {  // Gᵀ c and Gᵀ C G flow on to step t + 1, and with a minus sign to the priors
+          T acc = 0;
+          for (int64_t k = 0; k < n; ++k) acc += G[k * n + i] * carry_mean[k];
+          next_mean[i] += acc, pmp[gap * n + i] = -acc;
+        }
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            T acc = 0;
+            for (int64_t k = 0; k < n; ++k) acc += G[k * n + i] * CG[k * n + j];
+            next_cov[i * n + j] += acc, pcp[gap * nn + i * n + j] = -acc;
+          }
+      }
+    }
+  });
+  return {to_fm, to_fc, to_pm, to_pc, to_G};
 }
 '''
 

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from .ekf import cholesky_or_nan, observation_moments
-from .gaussian import mvn_kl, mvn_log_prob
+from .gaussian import _kl_divergence, _log_density, mvn_kl, mvn_log_prob
 
 # %% ../nbs/04_objectives.ipynb
 def ramp(iteration: int, length: int) -> float:
@@ -27,18 +27,15 @@ def _mean_over(values, mask):
 
 
 def _log_prob(x, mean, cov, checked):
-    "`mvn_log_prob`; unchecked, through `cholesky_or_nan` (vmap-safe, NaN where a factorisation fails)."
-    return mvn_log_prob(x, mean, cov) if checked else mvn_log_prob(x, mean, scale_tril=cholesky_or_nan(cov))
+    "`mvn_log_prob`; unchecked, factorised by `cholesky_or_nan` (vmap-safe, NaN where a factorisation fails)."
+    return mvn_log_prob(x, mean, cov) if checked else _log_density(x, mean, cov, cholesky_or_nan)
 
 
 def _kl(mean_q, cov_q, mean_p, cov_p, checked):
-    "`mvn_kl`; unchecked, the same formula on `cholesky_or_nan` factors (vmap-safe)."
+    "`mvn_kl`; unchecked, factorised by `cholesky_or_nan` (vmap-safe)."
     if checked:
         return mvn_kl(mean_q, cov_q, mean_p, cov_p)
-    Lq, Lp = cholesky_or_nan(cov_q), cholesky_or_nan(cov_p)
-    M = torch.linalg.solve_triangular(Lp, torch.cat([Lq, (mean_p - mean_q).unsqueeze(-1)], -1), upper=False)
-    log_det_ratio = 2 * (Lp.diagonal(dim1=-2, dim2=-1).log() - Lq.diagonal(dim1=-2, dim2=-1).log()).sum(-1)
-    return 0.5 * (M.square().sum((-2, -1)) - mean_q.shape[-1] + log_det_ratio)
+    return _kl_divergence(mean_q, cov_q, mean_p, cov_p, cholesky_or_nan, cholesky_or_nan)
 
 
 def _log_lik_under(obs_mean, obs_cov, y, mask, checked):
