@@ -60,11 +60,16 @@ def problem(*, latent_dim, obs_dim, ctrl_dim, T, batch, hidden, device="cpu", **
     return model, y, u
 
 
+def runs_cpp_loops(model, y, u):
+    "Whether this model's filter really runs the C++ recursions (discrete-time EKF, eager kernels, CPU)."
+    return model.filter(y, u).predicted_means.grad_fn.name().startswith("_Native")
+
+
 def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **model_options):
     "Time one configuration, print its JSON line and return (name, median, reference, ops)."
     model, y, u = problem(**cfg, **model_options)
     step = training_step(model, y, u)
-    extra = {}
+    extra = {"cpp_loops": runs_cpp_loops(model, y, u)}
     if model_options.get("compile"):
         start = time.perf_counter()
         step(), step()
@@ -91,7 +96,7 @@ def sweep(points, *, repeats, device):
                 inner()
                 torch.cuda.synchronize()
         med, lo, hi = time_it(step, warmup=1, repeats=repeats)
-        report("sweep", med, lo, hi, device=device, T=T, batch=B, latent_dim=n)
+        report("sweep", med, lo, hi, cpp_loops=runs_cpp_loops(model, y, u), device=device, T=T, batch=B, latent_dim=n)
         rows.append((f"sweep {device} T={T} B={B} n={n}", med, None, None))
     return rows
 

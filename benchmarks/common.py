@@ -46,9 +46,10 @@ _held_freed_memory = False  # set by `parse_single_threaded`
 
 
 def report(config, median_s, min_s, max_s, **extra):
-    """Print one JSON line of results; `cpp_loops` says whether the C++ recursions (`03a_native_loops`) were on,
-    which the discrete-time EKF on CPU uses, and `held_freed_memory` whether malloc keeps freed memory as `train`
-    has it do on CPU (`hold_freed_memory`)."""
+    """Print one JSON line of results; `cpp_loops` says whether the C++ recursions (`03a_native_loops`) ran (by
+    default whether they are on, which the discrete-time EKF with eager kernels on CPU uses; callers that know the
+    model pass it), and `held_freed_memory` whether malloc keeps freed memory as `train` has it do on CPU
+    (`hold_freed_memory`)."""
     print(json.dumps({"config": config, "median_s": round(median_s, 5), "min_s": round(min_s, 5),
                       "max_s": round(max_s, 5), "cpp_loops": native_loops() is not None,
                       "held_freed_memory": _held_freed_memory, **extra}), flush=True)

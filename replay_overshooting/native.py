@@ -962,7 +962,7 @@ def _build():
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         warnings.warn(
             f"replay_overshooting could not build its C++ loops ({reason}); running the Python loops, which give "
-            "the same results about 1.5x slower. Install a C++ compiler (g++ or clang) and ninja to build them, "
+            "the same results about twice as slowly. Install a C++ compiler (g++ or clang) and ninja to build them, "
             f"or set {_ENVIRONMENT_SWITCH}=0 to skip the build.", NativeLoopsWarning, stacklevel=3)
         return None
 
