@@ -290,31 +290,41 @@ static const T* element(const Tensor& X, int64_t b) {
   return X.const_data_ptr<T>() + b * X.stride(0);
 }
 
+// Small row-major matrices of one batch element. `out = scale · op(A) op(B)`, or `out += ...` when accumulating,
+// where op(X) is Xᵀ when its flag is set; A is r×k (k×r transposed) and B is k×c (c×k transposed).
+template <bool TransposeA, bool TransposeB, bool Accumulate = false, typename T>
+static inline void product(T* out, const T* A, const T* B, int64_t r, int64_t k, int64_t c, T scale = T(1)) {
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      T acc = 0;
+      for (int64_t l = 0; l < k; ++l)
+        acc += (TransposeA ? A[l * r + i] : A[i * k + l]) * (TransposeB ? B[j * k + l] : B[l * c + j]);
+      out[i * c + j] = Accumulate ? out[i * c + j] + scale * acc : scale * acc;
+    }
+}
+
+template <typename T>
+static inline void symmetric_part(T* out, const T* M, int64_t n) {  // (M + Mᵀ)/2, into another buffer
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) out[i * n + j] = T(0.5) * (M[i * n + j] + M[j * n + i]);
+}
+
 // Σ⁺ = sym(A Σ Aᵀ + Q) with A = J + I, one batch element at a time; returns {A, Σ⁺}.
 static std::pair<Tensor, Tensor> propagate_covariance(const Tensor& J_in, const Tensor& cov_in, const Tensor& Q_in) {
-  const int64_t B = cov_in.size(0), n = cov_in.size(-1);
+  const int64_t B = cov_in.size(0), n = cov_in.size(-1), nn = n * n;
   Tensor J = inner_contiguous(J_in), cov = inner_contiguous(cov_in), Q = inner_contiguous(Q_in.expand({B, n, n}));
   Tensor A = at::empty({B, n, n}, cov.options()), next = at::empty({B, n, n}, cov.options());
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "propagate_covariance", [&] {
     using T = scalar_t;
-    std::vector<T> AP(n * n);
+    std::vector<T> AP(nn), X(nn);
     for (int64_t b = 0; b < B; ++b) {
-      const T *Jb = element<T>(J, b), *P = element<T>(cov, b), *Qb = element<T>(Q, b);
-      T *Ab = A.data_ptr<T>() + b * n * n, *out = next.data_ptr<T>() + b * n * n;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j) Ab[i * n + j] = Jb[i * n + j] + (i == j ? T(1) : T(0));
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j) {
-          T acc = 0;
-          for (int64_t k = 0; k < n; ++k) acc += Ab[i * n + k] * P[k * n + j];
-          AP[i * n + j] = acc;
-        }
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j <= i; ++j) {
-          T acc = Qb[i * n + j] + Qb[j * n + i];
-          for (int64_t k = 0; k < n; ++k) acc += AP[i * n + k] * Ab[j * n + k] + AP[j * n + k] * Ab[i * n + k];
-          out[i * n + j] = out[j * n + i] = T(0.5) * acc;
-        }
+      const T *Jb = element<T>(J, b), *Qb = element<T>(Q, b);
+      T* Ab = A.data_ptr<T>() + b * nn;
+      for (int64_t i = 0; i < nn; ++i) Ab[i] = Jb[i] + (i % (n + 1) == 0 ? T(1) : T(0));
+      product<false, false>(AP.data(), Ab, element<T>(cov, b), n, n, n);
+      std::copy(Qb, Qb + nn, X.data());
+      product<false, true, true>(X.data(), AP.data(), Ab, n, n, n);
+      symmetric_part(next.data_ptr<T>() + b * nn, X.data(), n);
     }
   });
   return {A, next};
@@ -324,34 +334,22 @@ static std::pair<Tensor, Tensor> propagate_covariance(const Tensor& J_in, const 
 static std::tuple<Tensor, Tensor, Tensor> propagate_covariance_backward(const Tensor& A_in, const Tensor& cov_in,
                                                                         const Tensor& grad_next_in,
                                                                         const Tensor& grad_A_in) {
-  const int64_t B = cov_in.size(0), n = cov_in.size(-1);
+  const int64_t B = cov_in.size(0), n = cov_in.size(-1), nn = n * n;
   Tensor A = inner_contiguous(A_in), cov = inner_contiguous(cov_in), Gc = inner_contiguous(grad_next_in);
-  Tensor grad_A = grad_A_in.defined() ? inner_contiguous(grad_A_in) : Tensor();
+  Tensor grad_A = grad_A_in.defined() ? inner_contiguous(grad_A_in) : at::zeros({B, n, n}, cov.options());
   Tensor grad_cov = at::empty({B, n, n}, cov.options()), grad_J = at::empty({B, n, n}, cov.options());
   Tensor G = at::empty({B, n, n}, cov.options());
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "propagate_covariance_backward", [&] {
     using T = scalar_t;
-    std::vector<T> GA(n * n);
+    std::vector<T> GA(nn);
     for (int64_t b = 0; b < B; ++b) {
-      const T *Ab = element<T>(A, b), *P = element<T>(cov, b), *Gcb = element<T>(Gc, b);
-      const T* gA = grad_A.defined() ? element<T>(grad_A, b) : nullptr;
-      T *Gb = G.data_ptr<T>() + b * n * n, *gJ = grad_J.data_ptr<T>() + b * n * n;
-      T* gP = grad_cov.data_ptr<T>() + b * n * n;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j) Gb[i * n + j] = T(0.5) * (Gcb[i * n + j] + Gcb[j * n + i]);
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j) {
-          T acc = 0;
-          for (int64_t k = 0; k < n; ++k) acc += Gb[i * n + k] * Ab[k * n + j];
-          GA[i * n + j] = acc;
-        }
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j) {
-          T to_J = 0, to_P = 0;
-          for (int64_t k = 0; k < n; ++k) to_J += GA[i * n + k] * P[k * n + j], to_P += Ab[k * n + i] * GA[k * n + j];
-          gJ[i * n + j] = (gA != nullptr ? gA[i * n + j] : T(0)) + T(2) * to_J;
-          gP[i * n + j] = to_P;
-        }
+      const T *Ab = element<T>(A, b), *gA = element<T>(grad_A, b);
+      T *Gb = G.data_ptr<T>() + b * nn, *gJ = grad_J.data_ptr<T>() + b * nn;
+      symmetric_part(Gb, element<T>(Gc, b), n);
+      product<false, false>(GA.data(), Gb, Ab, n, n, n);
+      std::copy(gA, gA + nn, gJ);
+      product<false, false, true>(gJ, GA.data(), element<T>(cov, b), n, n, n, T(2));
+      product<true, false>(grad_cov.data_ptr<T>() + b * nn, Ab, GA.data(), n, n, n);
     }
   });
   return {grad_cov, grad_J, G};
@@ -391,24 +389,17 @@ struct KalmanUpdate {
   Tensor mean, cov, S, info;
 };
 
-// The update of one batch element; matrices are row-major, `L` and `X` are workspaces (p×p, p×(n+1)).
+// The update of one batch element. `work` holds CP (p×n), L (p×p), X (p×(n+1)), MP and the Joseph sum
+// (n×n each) and RK (p×n).
 template <typename T>
 static int32_t kalman_element(int64_t n, int64_t p, const T* mean, const T* P, const T* y_pred, const T* C,
-                              const T* R, const T* y, T* CP, T* L, T* X, T* MP, T* RK, T* new_mean, T* new_cov,
-                              T* S, T* Kt, T* s, T* gain, T* M) {
+                              const T* R, const T* y, T* work, T* new_mean, T* new_cov, T* S, T* Kt, T* s, T* gain,
+                              T* M) {
   const int64_t w = n + 1;
-  for (int64_t i = 0; i < p; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = 0;
-      for (int64_t k = 0; k < n; ++k) acc += C[i * n + k] * P[k * n + j];
-      CP[i * n + j] = acc;
-    }
-  for (int64_t i = 0; i < p; ++i)
-    for (int64_t j = 0; j < p; ++j) {
-      T acc = R[i * p + j];
-      for (int64_t k = 0; k < n; ++k) acc += CP[i * n + k] * C[j * n + k];
-      S[i * p + j] = acc;
-    }
+  T *CP = work, *L = CP + p * n, *X = L + p * p, *MP = X + p * w, *joseph = MP + n * n, *RK = joseph + n * n;
+  product<false, false>(CP, C, P, p, n, n);
+  std::copy(R, R + p * p, S);
+  product<false, true, true>(S, CP, C, p, n, p);
   int32_t info = 0;  // as LAPACK: the first column whose pivot is not positive, counted from 1
   for (int64_t j = 0; j < p; ++j) {
     T d = S[j * p + j];
@@ -423,7 +414,7 @@ static int32_t kalman_element(int64_t n, int64_t p, const T* mean, const T* P, c
     }
   }
   for (int64_t i = 0; i < p; ++i) {  // X = S⁻¹ [CP | y − ŷ]: forward, then back substitution
-    for (int64_t j = 0; j < n; ++j) X[i * w + j] = CP[i * n + j];
+    std::copy(CP + i * n, CP + (i + 1) * n, X + i * w);
     X[i * w + n] = y[i] - y_pred[i];
   }
   for (int64_t i = 0; i < p; ++i) {
@@ -437,40 +428,18 @@ static int32_t kalman_element(int64_t n, int64_t p, const T* mean, const T* P, c
     for (int64_t j = 0; j < w; ++j) X[i * w + j] /= L[i * p + i];
   }
   for (int64_t i = 0; i < p; ++i) {
-    for (int64_t j = 0; j < n; ++j) Kt[i * n + j] = X[i * w + j];
+    std::copy(X + i * w, X + i * w + n, Kt + i * n);
     s[i] = X[i * w + n];
   }
-  for (int64_t j = 0; j < n; ++j) {
-    T acc = 0;
-    for (int64_t i = 0; i < p; ++i) acc += s[i] * CP[i * n + j];
-    gain[j] = acc;
-    new_mean[j] = mean[j] + acc;
-  }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = i == j ? T(1) : T(0);
-      for (int64_t k = 0; k < p; ++k) acc -= Kt[k * n + i] * C[k * n + j];
-      M[i * n + j] = acc;
-    }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = 0;
-      for (int64_t k = 0; k < n; ++k) acc += M[i * n + k] * P[k * n + j];
-      MP[i * n + j] = acc;
-    }
-  for (int64_t i = 0; i < p; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = 0;
-      for (int64_t k = 0; k < p; ++k) acc += R[i * p + k] * Kt[k * n + j];
-      RK[i * n + j] = acc;
-    }
-  for (int64_t i = 0; i < n; ++i)  // Σ' = M Σ Mᵀ + Kᵀᵀ R Kᵀ (Joseph form), the lower triangle, then mirrored
-    for (int64_t j = 0; j <= i; ++j) {
-      T a = 0, b = 0;
-      for (int64_t k = 0; k < n; ++k) a += MP[i * n + k] * M[j * n + k] + MP[j * n + k] * M[i * n + k];
-      for (int64_t k = 0; k < p; ++k) b += Kt[k * n + i] * RK[k * n + j] + Kt[k * n + j] * RK[k * n + i];
-      new_cov[i * n + j] = new_cov[j * n + i] = T(0.5) * (a + b);
-    }
+  product<true, false>(gain, s, CP, 1, p, n);
+  for (int64_t j = 0; j < n; ++j) new_mean[j] = mean[j] + gain[j];
+  for (int64_t i = 0; i < n * n; ++i) M[i] = i % (n + 1) == 0 ? T(1) : T(0);
+  product<true, false, true>(M, Kt, C, n, p, n, T(-1));  // M = I − Kᵀᵀ C
+  product<false, false>(MP, M, P, n, n, n);
+  product<false, false>(RK, R, Kt, p, p, n);
+  product<false, true>(joseph, MP, M, n, n, n);  // Σ' = sym(M Σ Mᵀ + Kᵀᵀ R Kᵀ), the Joseph form
+  product<true, false, true>(joseph, Kt, RK, n, p, n);
+  symmetric_part(new_cov, joseph, n);
   return info;
 }
 
@@ -486,11 +455,11 @@ static KalmanUpdate kalman_update(const Tensor& mean_in, const Tensor& cov_in, c
   k.gain_step = at::empty({B, 1, n}, options), k.M = at::empty({B, n, n}, options);
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "kalman_update", [&] {
     using T = scalar_t;
-    std::vector<T> CP(p * n), L(p * p), X(p * (n + 1)), MP(n * n), RK(p * n);
+    std::vector<T> work(2 * p * n + p * p + p * (n + 1) + 2 * n * n);
     for (int64_t b = 0; b < B; ++b) {
       info.data_ptr<int32_t>()[b] = kalman_element<T>(
           n, p, element<T>(mean, b), element<T>(cov, b), element<T>(y_pred, b), element<T>(C, b), element<T>(R, b),
-          element<T>(y, b), CP.data(), L.data(), X.data(), MP.data(), RK.data(), new_mean.data_ptr<T>() + b * n,
+          element<T>(y, b), work.data(), new_mean.data_ptr<T>() + b * n,
           new_cov.data_ptr<T>() + b * n * n, S.data_ptr<T>() + b * p * p, k.Kt.data_ptr<T>() + b * p * n,
           k.s.data_ptr<T>() + b * p, k.gain_step.data_ptr<T>() + b * n, k.M.data_ptr<T>() + b * n * n);
     }
@@ -502,83 +471,36 @@ struct KalmanGrads {
   Tensor cov, y_pred, C, R, y;
 };
 
-// The backward of one batch element (`_kalman_update_backward`); `GS` is null when S has no gradient.
+// The backward of one batch element (`_kalman_update_backward`); `GS` is null when S has no gradient. `work` holds
+// G, GM (n×n each), GK (n×p), K g (p), Mᵀg, sᵀC, Σ'g (n each), sym(GS) (p×p) and sym(GS) C (p×n).
 template <typename T>
 static void kalman_backward_element(int64_t n, int64_t p, const T* P, const T* C, const T* N, const T* Kt,
                                     const T* s, const T* gain, const T* M, const T* g, const T* Gc, const T* GS,
-                                    T* G, T* GM, T* GK, T* Ktg, T* Mtg, T* work_n, T* GSs, T* GSC, T* grad_cov,
-                                    T* grad_y_pred, T* grad_C, T* grad_R, T* grad_y) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) G[i * n + j] = T(0.5) * (Gc[i * n + j] + Gc[j * n + i]);
-  for (int64_t i = 0; i < p; ++i) {
-    T acc = 0;
-    for (int64_t j = 0; j < n; ++j) acc += Kt[i * n + j] * g[j];
-    Ktg[i] = acc;
-    grad_y[i] = acc, grad_y_pred[i] = -acc;
-  }
-  for (int64_t j = 0; j < n; ++j) {  // Mᵀ g = g − Cᵀ K g, and sᵀ C (in work_n)
-    T a = g[j], b = 0;
-    for (int64_t i = 0; i < p; ++i) a -= C[i * n + j] * Ktg[i], b += s[i] * C[i * n + j];
-    Mtg[j] = a, work_n[j] = b;
-  }
-  for (int64_t k = 0; k < n; ++k)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = 0;
-      for (int64_t l = 0; l < n; ++l) acc += G[k * n + l] * M[l * n + j];
-      GM[k * n + j] = acc;
-    }
-  for (int64_t i = 0; i < n; ++i)  // ∂Σ = Mᵀ G M + (Mᵀg)(sᵀC)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = Mtg[i] * work_n[j];
-      for (int64_t k = 0; k < n; ++k) acc += M[k * n + i] * GM[k * n + j];
-      grad_cov[i * n + j] = acc;
-    }
-  for (int64_t i = 0; i < n; ++i)  // G Kᵀᵀ (n×p)
-    for (int64_t j = 0; j < p; ++j) {
-      T acc = 0;
-      for (int64_t k = 0; k < n; ++k) acc += G[i * n + k] * Kt[j * n + k];
-      GK[i * p + j] = acc;
-    }
-  for (int64_t i = 0; i < p; ++i)
-    for (int64_t j = 0; j < p; ++j) {
-      T acc = -Ktg[i] * s[j];
-      for (int64_t k = 0; k < n; ++k) acc += Kt[i * n + k] * GK[k * p + j];
-      grad_R[i * p + j] = acc;
-    }
-  for (int64_t i = 0; i < n; ++i) {  // Σ' g, in work_n
-    T acc = 0;
-    for (int64_t j = 0; j < n; ++j) acc += N[i * n + j] * g[j];
-    work_n[i] = acc;
-  }
-  for (int64_t i = 0; i < p; ++i)  // ∂C = s (Σ'g)ᵀ − (Kg) gainᵀ − 2 (G Kᵀᵀ)ᵀ Σ'
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = 0;
-      for (int64_t k = 0; k < n; ++k) acc += GK[k * p + i] * N[k * n + j];
-      grad_C[i * n + j] = s[i] * work_n[j] - Ktg[i] * gain[j] - T(2) * acc;
-    }
+                                    T* work, T* grad_cov, T* grad_y_pred, T* grad_C, T* grad_R, T* grad_y) {
+  T *G = work, *GM = G + n * n, *GK = GM + n * n, *Ktg = GK + n * p, *Mtg = Ktg + p, *sC = Mtg + n, *Ng = sC + n;
+  T *GSs = Ng + n, *GSC = GSs + p * p;
+  symmetric_part(G, Gc, n);
+  product<false, false>(Ktg, Kt, g, p, n, 1);
+  for (int64_t i = 0; i < p; ++i) grad_y[i] = Ktg[i], grad_y_pred[i] = -Ktg[i];
+  std::copy(g, g + n, Mtg);
+  product<true, false, true>(Mtg, C, Ktg, n, p, 1, T(-1));  // Mᵀ g = g − Cᵀ K g
+  product<true, false>(sC, s, C, 1, p, n);
+  product<false, false>(GM, G, M, n, n, n);
+  product<true, false>(grad_cov, M, GM, n, n, n);  // ∂Σ = Mᵀ G M + (Mᵀg)(sᵀC)
+  product<false, false, true>(grad_cov, Mtg, sC, n, 1, n);
+  product<false, true>(GK, G, Kt, n, n, p);
+  product<false, false>(grad_R, Kt, GK, p, n, p);  // ∂R = Kᵀ G Kᵀᵀ − (K g) sᵀ
+  product<false, true, true>(grad_R, Ktg, s, p, 1, p, T(-1));
+  product<false, false>(Ng, N, g, n, n, 1);
+  product<false, true>(grad_C, s, Ng, p, 1, n);  // ∂C = s (Σ'g)ᵀ − (K g) gainᵀ − 2 (G Kᵀᵀ)ᵀ Σ'
+  product<false, true, true>(grad_C, Ktg, gain, p, 1, n, T(-1));
+  product<true, false, true>(grad_C, GK, N, p, n, n, T(-2));
   if (GS == nullptr) return;
-  for (int64_t i = 0; i < p; ++i)
-    for (int64_t j = 0; j < p; ++j) GSs[i * p + j] = T(0.5) * (GS[i * p + j] + GS[j * p + i]);
-  for (int64_t i = 0; i < p; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = 0;
-      for (int64_t k = 0; k < p; ++k) acc += GSs[i * p + k] * C[k * n + j];
-      GSC[i * n + j] = acc;
-    }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = 0;
-      for (int64_t k = 0; k < p; ++k) acc += C[k * n + i] * GSC[k * n + j];
-      grad_cov[i * n + j] += acc;
-    }
-  for (int64_t i = 0; i < p; ++i) {
-    for (int64_t j = 0; j < p; ++j) grad_R[i * p + j] += GSs[i * p + j];
-    for (int64_t j = 0; j < n; ++j) {
-      T acc = 0;
-      for (int64_t k = 0; k < n; ++k) acc += GSC[i * n + k] * P[k * n + j];
-      grad_C[i * n + j] += T(2) * acc;
-    }
-  }
+  symmetric_part(GSs, GS, p);
+  product<false, false>(GSC, GSs, C, p, p, n);
+  product<true, false, true>(grad_cov, C, GSC, n, p, n);
+  for (int64_t i = 0; i < p * p; ++i) grad_R[i] += GSs[i];
+  product<false, false, true>(grad_C, GSC, P, p, n, n, T(2));
 }
 
 static KalmanGrads kalman_update_backward(const Tensor& cov_in, const Tensor& C_in, const Tensor& new_cov_in,
@@ -593,14 +515,14 @@ static KalmanGrads kalman_update_backward(const Tensor& cov_in, const Tensor& C_
                   at::empty({B, p, p}, options), at::empty({B, p}, options)};
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "kalman_update_backward", [&] {
     using T = scalar_t;
-    std::vector<T> G(n * n), GM(n * n), GK(n * p), Ktg(p), Mtg(n), work_n(n), GSs(p * p), GSC(p * n);
+    std::vector<T> work(2 * n * n + 2 * n * p + p + 3 * n + p * p);
     for (int64_t b = 0; b < B; ++b) {
       kalman_backward_element<T>(
           n, p, element<T>(cov, b), element<T>(C, b), element<T>(new_cov, b), element<T>(k.Kt, b),
           element<T>(k.s, b), element<T>(k.gain_step, b), element<T>(k.M, b), element<T>(g, b), element<T>(Gc, b),
-          GS.defined() ? element<T>(GS, b) : nullptr, G.data(), GM.data(), GK.data(), Ktg.data(), Mtg.data(),
-          work_n.data(), GSs.data(), GSC.data(), out.cov.data_ptr<T>() + b * n * n, out.y_pred.data_ptr<T>() + b * p,
-          out.C.data_ptr<T>() + b * p * n, out.R.data_ptr<T>() + b * p * p, out.y.data_ptr<T>() + b * p);
+          GS.defined() ? element<T>(GS, b) : nullptr, work.data(), out.cov.data_ptr<T>() + b * n * n,
+          out.y_pred.data_ptr<T>() + b * p, out.C.data_ptr<T>() + b * p * n, out.R.data_ptr<T>() + b * p * p,
+          out.y.data_ptr<T>() + b * p);
     }
   });
   return out;
@@ -786,7 +708,7 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
   const int64_t nn = n * n;
   AT_DISPATCH_FLOATING_TYPES(fc.scalar_type(), "rts_forward", [&] {
     using T = scalar_t;
-    std::vector<T> GD(nn);
+    std::vector<T> GD(nn), X(nn);
     const T *fmp = fm.const_data_ptr<T>(), *fcp = fc.const_data_ptr<T>(), *pmp = pm.const_data_ptr<T>();
     const T *pcp = pc.const_data_ptr<T>(), *Gp = tape->G.const_data_ptr<T>();
     T *mp = means.data_ptr<T>(), *cp = covs.data_ptr<T>();
@@ -801,24 +723,12 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
         T *dm = dmp + gap * n, *dc = dcp + gap * nn, *mean = mp + here * n, *cov = cp + here * nn;
         for (int64_t i = 0; i < n; ++i) dm[i] = next_mean[i] - pmp[gap * n + i];
         for (int64_t i = 0; i < nn; ++i) dc[i] = next_cov[i] - pcp[gap * nn + i];
-        for (int64_t i = 0; i < n; ++i) {
-          T acc = fmp[here * n + i];
-          for (int64_t k = 0; k < n; ++k) acc += G[i * n + k] * dm[k];
-          mean[i] = acc;
-        }
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < n; ++j) {
-            T acc = 0;
-            for (int64_t k = 0; k < n; ++k) acc += G[i * n + k] * dc[k * n + j];
-            GD[i * n + j] = acc;
-          }
-        const T* F = fcp + here * nn;
-        for (int64_t i = 0; i < n; ++i)  // sym(Σ_t + G ΔΣ Gᵀ)
-          for (int64_t j = 0; j <= i; ++j) {
-            T acc = F[i * n + j] + F[j * n + i];
-            for (int64_t k = 0; k < n; ++k) acc += GD[i * n + k] * G[j * n + k] + GD[j * n + k] * G[i * n + k];
-            cov[i * n + j] = cov[j * n + i] = T(0.5) * acc;
-          }
+        std::copy(fmp + here * n, fmp + (here + 1) * n, mean);  // μ_t + G Δμ
+        product<false, false, true>(mean, G, dm, n, n, 1);
+        product<false, false>(GD.data(), G, dc, n, n, n);  // sym(Σ_t + G ΔΣ Gᵀ)
+        std::copy(fcp + here * nn, fcp + (here + 1) * nn, X.data());
+        product<false, true, true>(X.data(), GD.data(), G, n, n, n);
+        symmetric_part(cov, X.data(), n);
       }
     }
   });
@@ -837,7 +747,7 @@ static Tensors rts_backward(const RTSTape& tape, const std::optional<Tensor>& gr
   Tensor to_G = at::empty({B, steps, n, n}, options);
   AT_DISPATCH_FLOATING_TYPES(tape.G.scalar_type(), "rts_backward", [&] {
     using T = scalar_t;
-    std::vector<T> CG(nn);
+    std::vector<T> CG(nn), flow(nn);
     const T *Gp = tape.G.const_data_ptr<T>(), *dmp = tape.mean_gaps.const_data_ptr<T>();
     const T* dcp = tape.cov_gaps.const_data_ptr<T>();
     const T* gmp = gm.defined() ? gm.const_data_ptr<T>() : nullptr;
@@ -847,9 +757,8 @@ static Tensors rts_backward(const RTSTape& tape, const std::optional<Tensor>& gr
     // the carried gradients live in to_fm, to_fc: step t's carry is what flows into the filtered belief of t
     auto seed = [&](int64_t index, T* mean, T* cov) {  // ∂ℓ/∂μ_{t|T}, sym(∂ℓ/∂Σ_{t|T}) of step `index`
       for (int64_t i = 0; i < n; ++i) mean[i] = gmp ? gmp[index * n + i] : T(0);
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j)
-          cov[i * n + j] = gcp ? T(0.5) * (gcp[index * nn + i * n + j] + gcp[index * nn + j * n + i]) : T(0);
+      if (gcp) symmetric_part(cov, gcp + index * nn, n);
+      else std::fill(cov, cov + nn, T(0));
     };
     for (int64_t b = 0; b < B; ++b) {
       seed(b * T_all, fmp + b * T_all * n, fcp + b * T_all * nn);
@@ -858,30 +767,14 @@ static Tensors rts_backward(const RTSTape& tape, const std::optional<Tensor>& gr
         const T *G = Gp + gap * nn, *dm = dmp + gap * n, *dc = dcp + gap * nn;
         const T *carry_mean = fmp + here * n, *carry_cov = fcp + here * nn;
         T *next_mean = fmp + (here + 1) * n, *next_cov = fcp + (here + 1) * nn, *gG = tGp + gap * nn;
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < n; ++j) {
-            T acc = 0;
-            for (int64_t k = 0; k < n; ++k) acc += carry_cov[i * n + k] * G[k * n + j];
-            CG[i * n + j] = acc;
-          }
-        for (int64_t i = 0; i < n; ++i)  // ∂G = c Δμᵀ + 2 C G ΔΣ
-          for (int64_t j = 0; j < n; ++j) {
-            T acc = carry_mean[i] * dm[j];
-            for (int64_t k = 0; k < n; ++k) acc += T(2) * CG[i * n + k] * dc[k * n + j];
-            gG[i * n + j] = acc;
-          }
-        seed(here + 1, next_mean, next_cov);
-        for (int64_t i = 0; i < n; ++i) {  // Gᵀ c and Gᵀ C G flow on to step t + 1, and with a minus sign to the priors
-          T acc = 0;
-          for (int64_t k = 0; k < n; ++k) acc += G[k * n + i] * carry_mean[k];
-          next_mean[i] += acc, pmp[gap * n + i] = -acc;
-        }
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < n; ++j) {
-            T acc = 0;
-            for (int64_t k = 0; k < n; ++k) acc += G[k * n + i] * CG[k * n + j];
-            next_cov[i * n + j] += acc, pcp[gap * nn + i * n + j] = -acc;
-          }
+        product<false, false>(CG.data(), carry_cov, G, n, n, n);
+        product<false, true>(gG, carry_mean, dm, n, 1, n);  // ∂G = c Δμᵀ + 2 C G ΔΣ
+        product<false, false, true>(gG, CG.data(), dc, n, n, n, T(2));
+        seed(here + 1, next_mean, next_cov);  // Gᵀ c and Gᵀ C G flow on to step t + 1, and negated to the priors
+        product<true, false>(flow.data(), G, carry_mean, n, n, 1);
+        for (int64_t i = 0; i < n; ++i) next_mean[i] += flow[i], pmp[gap * n + i] = -flow[i];
+        product<true, false>(flow.data(), G, CG.data(), n, n, n);
+        for (int64_t i = 0; i < nn; ++i) next_cov[i] += flow[i], pcp[gap * nn + i] = -flow[i];
       }
     }
   });
