@@ -60,21 +60,26 @@ def problem(*, latent_dim, obs_dim, ctrl_dim, T, batch, hidden, device="cpu", **
     return model, y, u
 
 
-def runs_cpp_loops(model, y, u):
-    "Whether this model's filter really runs the C++ recursions (discrete-time EKF, eager kernels, CPU)."
+def runs_cpp_loops(cfg, **model_options):
+    """Whether the model of a configuration really runs the C++ recursions (discrete-time EKF, eager kernels, CPU):
+    a fresh one filters its data once (a trained one may have diverged on random data)."""
+    model, y, u = problem(**cfg, **model_options)
     return model.filter(y, u).predicted_means.grad_fn.name().startswith("_Native")
 
 
 def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **model_options):
     "Time one configuration, print its JSON line and return (name, median, reference, ops)."
+    if model_options.get("compile"):
+        torch._dynamo.reset()  # each configuration compiles afresh, within dynamo's limit of 8 shapes per function
     model, y, u = problem(**cfg, **model_options)
     step = training_step(model, y, u)
-    extra = {"cpp_loops": runs_cpp_loops(model, y, u)}
+    extra = {}
     if model_options.get("compile"):
         start = time.perf_counter()
         step(), step()
         extra["compile_s"] = round(time.perf_counter() - start, 1)
     med, lo, hi = time_it(step, warmup=warmup, repeats=repeats)
+    extra["cpp_loops"] = runs_cpp_loops(cfg, **model_options)
     ops = count_ops(step) if with_ops else None
     if reference is not None:
         extra.update(reference_s=reference, speedup=round(reference / med, 2))
@@ -96,7 +101,7 @@ def sweep(points, *, repeats, device):
                 inner()
                 torch.cuda.synchronize()
         med, lo, hi = time_it(step, warmup=1, repeats=repeats)
-        report("sweep", med, lo, hi, cpp_loops=runs_cpp_loops(model, y, u), device=device, T=T, batch=B, latent_dim=n)
+        report("sweep", med, lo, hi, cpp_loops=runs_cpp_loops(cfg), device=device, T=T, batch=B, latent_dim=n)
         rows.append((f"sweep {device} T={T} B={B} n={n}", med, None, None))
     return rows
 
