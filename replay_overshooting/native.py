@@ -309,9 +309,19 @@ static inline void symmetric_part(T* out, const T* M, int64_t n) {  // (M + Mᵀ
     for (int64_t j = 0; j < n; ++j) out[i * n + j] = T(0.5) * (M[i * n + j] + M[j * n + i]);
 }
 
+// The loops pay while the state is small: at batch 16 a whole iteration was 10 % faster with them at n = 12,
+// even at n = 16 and 25 % slower at n = 24, where batched ATen products (MKL) do the n³ work faster. Larger
+// states take the ATen operations of the Python functions instead.
+constexpr int64_t kLoopStateLimit = 12;
+static bool loops_pay(int64_t n) { return n <= kLoopStateLimit; }
+
 // Σ⁺ = sym(A Σ Aᵀ + Q) with A = J + I, one batch element at a time; returns {A, Σ⁺}.
 static std::pair<Tensor, Tensor> propagate_covariance(const Tensor& J_in, const Tensor& cov_in, const Tensor& Q_in) {
   const int64_t B = cov_in.size(0), n = cov_in.size(-1), nn = n * n;
+  if (!loops_pay(n)) {
+    Tensor A = J_in + at::eye(n, cov_in.options());
+    return {A, symmetrize(at::baddbmm(Q_in, at::bmm(A, cov_in), mT(A)))};
+  }
   Tensor J = inner_contiguous(J_in), cov = inner_contiguous(cov_in), Q = inner_contiguous(Q_in.expand({B, n, n}));
   Tensor A = at::empty({B, n, n}, cov.options()), next = at::empty({B, n, n}, cov.options());
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "propagate_covariance", [&] {
@@ -335,6 +345,11 @@ static std::tuple<Tensor, Tensor, Tensor> propagate_covariance_backward(const Te
                                                                         const Tensor& grad_next_in,
                                                                         const Tensor& grad_A_in) {
   const int64_t B = cov_in.size(0), n = cov_in.size(-1), nn = n * n;
+  if (!loops_pay(n)) {
+    Tensor G = symmetrize(grad_next_in), GA = at::bmm(G, A_in);
+    Tensor grad_J = grad_A_in.defined() ? at::baddbmm(grad_A_in, GA, cov_in, 1, 2) : at::bmm(GA, cov_in).mul_(2);
+    return {at::bmm(mT(A_in), GA), grad_J, G};
+  }
   Tensor A = inner_contiguous(A_in), cov = inner_contiguous(cov_in), Gc = inner_contiguous(grad_next_in);
   Tensor grad_A = grad_A_in.defined() ? inner_contiguous(grad_A_in) : at::zeros({B, n, n}, cov.options());
   Tensor grad_cov = at::empty({B, n, n}, cov.options()), grad_J = at::empty({B, n, n}, cov.options());
@@ -446,6 +461,17 @@ static int32_t kalman_element(int64_t n, int64_t p, const T* mean, const T* P, c
 static KalmanUpdate kalman_update(const Tensor& mean_in, const Tensor& cov_in, const Tensor& y_pred_in,
                                   const Tensor& C_in, const Tensor& R_in, const Tensor& y_in, KalmanSaved& k) {
   const int64_t B = cov_in.size(0), n = cov_in.size(-1), p = C_in.size(1);
+  if (!loops_pay(n)) {
+    Tensor R = R_in.expand({B, p, p}), CP = at::bmm(C_in, cov_in);
+    Tensor S = at::baddbmm(R, CP, mT(C_in));
+    auto [L, info] = at::linalg_cholesky_ex(S);
+    Tensor solution = at::cholesky_solve(at::cat({CP, (y_in - y_pred_in).unsqueeze(-1)}, -1), L);
+    k.Kt = solution.slice(-1, 0, n).contiguous(), k.s = solution.slice(-1, n).contiguous();
+    k.gain_step = at::bmm(mT(k.s), CP);
+    k.M = at::baddbmm(at::eye(n, cov_in.options()), mT(k.Kt), C_in, 1, -1);
+    Tensor new_cov = symmetrize(at::baddbmm(at::bmm(at::bmm(k.M, cov_in), mT(k.M)), mT(k.Kt), at::bmm(R, k.Kt)));
+    return {mean_in + k.gain_step.squeeze(1), new_cov, S, info};
+  }
   Tensor mean = inner_contiguous(mean_in), cov = inner_contiguous(cov_in), y_pred = inner_contiguous(y_pred_in);
   Tensor C = inner_contiguous(C_in), R = inner_contiguous(R_in.expand({B, p, p})), y = inner_contiguous(y_in);
   auto options = cov.options();
@@ -507,6 +533,24 @@ static KalmanGrads kalman_update_backward(const Tensor& cov_in, const Tensor& C_
                                           const KalmanSaved& k, const Tensor& grad_mean_in,
                                           const Tensor& grad_cov_in, const Tensor& grad_S_in) {
   const int64_t B = cov_in.size(0), n = cov_in.size(-1), p = C_in.size(1);
+  if (!loops_pay(n)) {
+    Tensor G = symmetrize(grad_cov_in), g = grad_mean_in.unsqueeze(-1), Ct = mT(C_in);
+    Tensor Ktg = at::bmm(k.Kt, g);
+    Tensor Mtg = at::baddbmm(g, Ct, Ktg, 1, -1);
+    Tensor grad_cov = at::baddbmm(at::bmm(mT(k.M), at::bmm(G, k.M)), Mtg, at::bmm(mT(k.s), C_in));
+    Tensor GK = at::bmm(G, mT(k.Kt));
+    Tensor grad_R = at::baddbmm(at::bmm(k.Kt, GK), Ktg, mT(k.s), 1, -1);
+    Tensor grad_C = at::baddbmm(at::bmm(k.s, mT(at::bmm(new_cov_in, g))), Ktg, k.gain_step, 1, -1);
+    grad_C = at::baddbmm(grad_C, mT(GK), new_cov_in, 1, -2);
+    if (grad_S_in.defined()) {
+      Tensor G_S = symmetrize(grad_S_in), G_S_C = at::bmm(G_S, C_in);
+      grad_cov = at::baddbmm(grad_cov, Ct, G_S_C);
+      grad_R = grad_R + G_S;
+      grad_C = at::baddbmm(grad_C, G_S_C, cov_in, 1, 2);
+    }
+    Tensor grad_y = Ktg.squeeze(-1);
+    return {grad_cov, -grad_y, grad_C, grad_R, grad_y};
+  }
   Tensor cov = inner_contiguous(cov_in), C = inner_contiguous(C_in), new_cov = inner_contiguous(new_cov_in);
   Tensor g = inner_contiguous(grad_mean_in), Gc = inner_contiguous(grad_cov_in);
   Tensor GS = grad_S_in.defined() ? inner_contiguous(grad_S_in) : Tensor();
@@ -702,6 +746,19 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
   Tensor fm = filtered_means.contiguous(), fc = filtered_covs.contiguous();
   Tensor pm = next_predicted_means.contiguous(), pc = next_predicted_covs.contiguous();
   tape->G = gains.contiguous();
+  if (!loops_pay(n)) {
+    Tensor fm = filtered_means.unsqueeze(-1), pm = next_predicted_means.unsqueeze(-1), gains_t = mT(tape->G);
+    Tensors means(T_all), covs(T_all), mean_gaps(steps), cov_gaps(steps);
+    means[steps] = fm.select(1, steps), covs[steps] = filtered_covs.select(1, steps);
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      Tensor G = tape->G.select(1, t);
+      mean_gaps[t] = means[t + 1] - pm.select(1, t), cov_gaps[t] = covs[t + 1] - next_predicted_covs.select(1, t);
+      means[t] = at::baddbmm(fm.select(1, t), G, mean_gaps[t]);
+      covs[t] = symmetrize(at::baddbmm(filtered_covs.select(1, t), at::bmm(G, cov_gaps[t]), gains_t.select(1, t)));
+    }
+    tape->mean_gaps = at::stack(mean_gaps, 1).squeeze(-1), tape->cov_gaps = at::stack(cov_gaps, 1);
+    return {at::stack(means, 1).squeeze(-1), at::stack(covs, 1), tape};
+  }
   auto options = fc.options();
   Tensor means = at::empty({B, T_all, n}, options), covs = at::empty({B, T_all, n, n}, options);
   tape->mean_gaps = at::empty({B, steps, n}, options), tape->cov_gaps = at::empty({B, steps, n, n}, options);
@@ -740,6 +797,24 @@ static Tensors rts_backward(const RTSTape& tape, const std::optional<Tensor>& gr
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t B = tape.G.size(0), steps = tape.G.size(1), n = tape.G.size(-1), T_all = steps + 1, nn = n * n;
   auto options = tape.G.options();
+  if (!loops_pay(n)) {
+    Tensor gm = grad_means.has_value() ? grad_means->unsqueeze(-1) : at::zeros({B, T_all, n, 1}, options);
+    Tensor gc = grad_covs.has_value() ? symmetrize(*grad_covs) : at::zeros({B, T_all, n, n}, options);
+    Tensor carry_mean = gm.select(1, 0), carry_cov = gc.select(1, 0);
+    Tensors to_fm, to_fc, to_gap_mean, to_gap_cov, to_G;
+    for (int64_t t = 0; t < steps; ++t) {
+      Tensor G = tape.G.select(1, t), mean_gap = tape.mean_gaps.select(1, t).unsqueeze(-1);
+      to_fm.push_back(carry_mean), to_fc.push_back(carry_cov);
+      Tensor CG = at::bmm(carry_cov, G);
+      to_G.push_back(at::baddbmm(at::bmm(carry_mean, mT(mean_gap)), CG, tape.cov_gaps.select(1, t), 1, 2));
+      Tensor gap_mean = at::bmm(mT(G), carry_mean), gap_cov = at::bmm(mT(G), CG);
+      to_gap_mean.push_back(gap_mean), to_gap_cov.push_back(gap_cov);
+      carry_mean = gm.select(1, t + 1) + gap_mean, carry_cov = gc.select(1, t + 1) + gap_cov;
+    }
+    to_fm.push_back(carry_mean), to_fc.push_back(carry_cov);
+    return {at::stack(to_fm, 1).squeeze(-1), at::stack(to_fc, 1), -at::stack(to_gap_mean, 1).squeeze(-1),
+            -at::stack(to_gap_cov, 1), at::stack(to_G, 1)};
+  }
   Tensor gm = grad_means.has_value() ? grad_means->contiguous() : Tensor();
   Tensor gc = grad_covs.has_value() ? grad_covs->contiguous() : Tensor();
   Tensor to_fm = at::empty({B, T_all, n}, options), to_fc = at::empty({B, T_all, n, n}, options);
