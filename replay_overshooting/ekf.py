@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch.func import jacrev, vmap
 
-from .gaussian import _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize
+from .gaussian import _inside_transforms, _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize
 from .native import native_loops
 
 # %% ../nbs/01_ekf.ipynb
@@ -119,7 +119,7 @@ def fused(
     *args,
 ) -> tuple:  # the outputs of `node`
     "Apply a fused autograd node, or inside `torch.func` transforms its plain forward, which autograd records."
-    if torch._C._are_functorch_transforms_active():
+    if _inside_transforms():
         return plain(*args)[0]
     return node.apply(*args)
 

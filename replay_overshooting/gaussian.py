@@ -112,11 +112,15 @@ def psd_solve(
     return _solve(A, B, functools.partial(psd_cholesky, name=name))
 
 # %% ../nbs/00_gaussian.ipynb
-def _log_density_from_factor(x, mean, L):
-    "`log N(x; mean, LLᵀ)` `(...)` by the formula above, recorded by autograd through `L`."
-    r = torch.linalg.solve_triangular(L, (x - mean).unsqueeze(-1), upper=False).squeeze(-1)
-    half_log_det = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return -0.5 * (x.shape[-1] * math.log(2 * math.pi) + r.square().sum(-1)) - half_log_det
+def _half_log_det(L):
+    "`½ log |LLᵀ|` `(...)` of Cholesky factors `(..., n, n)`: the sum of the logs of their diagonals."
+    return L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
+def _log_density_from_factor(gap, L):
+    "`log N(x; mean, LLᵀ)` `(...)` of the gaps `x − mean` `(..., n)` by the formula above, recorded through `L`."
+    r = torch.linalg.solve_triangular(L, gap.unsqueeze(-1), upper=False).squeeze(-1)
+    return -0.5 * (gap.shape[-1] * math.log(2 * math.pi) + r.square().sum(-1)) - _half_log_det(L)
 
 
 class _GaussianLogDensity(torch.autograd.Function):
@@ -124,8 +128,9 @@ class _GaussianLogDensity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mean, cov, L):
-        ctx.save_for_backward(L, (x - mean).unsqueeze(-1))
-        return _log_density_from_factor(x, mean, L)
+        gap = x - mean
+        ctx.save_for_backward(L, gap.unsqueeze(-1))
+        return _log_density_from_factor(gap, L)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -142,7 +147,7 @@ class _GaussianLogDensity(torch.autograd.Function):
 def _log_density(x, mean, cov, factorise):
     "`log N(x; mean, cov)` `(...)`, `cov` factorised by `factorise`; through `_GaussianLogDensity` outside transforms."
     if _inside_transforms():
-        return _log_density_from_factor(x, mean, factorise(cov))
+        return _log_density_from_factor(x - mean, factorise(cov))
     L = factorise(cov.detach())
     x, mean, cov, L = _common_batch((x, 1), (mean, 1), (cov, 2), (L, 2))
     return _GaussianLogDensity.apply(x, mean, cov, L)
@@ -158,7 +163,7 @@ def mvn_log_prob(
     if (cov is None) == (scale_tril is None):
         raise ValueError("mvn_log_prob needs exactly one of `cov` and `scale_tril`")
     if scale_tril is not None:
-        return _log_density_from_factor(x, mean, scale_tril)
+        return _log_density_from_factor(x - mean, scale_tril)
     return _log_density(x, mean, cov, functools.partial(psd_cholesky, name="covariance"))
 
 # %% ../nbs/00_gaussian.ipynb
@@ -172,8 +177,7 @@ class _GaussianKL(torch.autograd.Function):
         beta = inverse_p @ gap  # (..., n, 1)
         ctx.save_for_backward(cov_q, Lq, inverse_p, beta)
         trace, quadratic = (inverse_p * cov_q).sum((-2, -1)), (gap * beta).sum((-2, -1))
-        log_det_ratio = 2 * (Lp.diagonal(dim1=-2, dim2=-1).log() - Lq.diagonal(dim1=-2, dim2=-1).log()).sum(-1)
-        return 0.5 * (trace + quadratic - mean_q.shape[-1] + log_det_ratio)
+        return 0.5 * (trace + quadratic - mean_q.shape[-1]) + _half_log_det(Lp) - _half_log_det(Lq)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -195,8 +199,7 @@ def _kl_divergence(mean_q, cov_q, mean_p, cov_p, factorise_q, factorise_p):
         Lq, Lp = torch.broadcast_tensors(factorise_q(cov_q), factorise_p(cov_p))
         diff = (mean_p - mean_q).unsqueeze(-1).expand(*Lp.shape[:-1], 1)
         M = torch.linalg.solve_triangular(Lp, torch.cat([Lq, diff], -1), upper=False)
-        log_det_ratio = 2 * (Lp.diagonal(dim1=-2, dim2=-1).log() - Lq.diagonal(dim1=-2, dim2=-1).log()).sum(-1)
-        return 0.5 * (M.square().sum((-2, -1)) - mean_q.shape[-1] + log_det_ratio)
+        return 0.5 * (M.square().sum((-2, -1)) - mean_q.shape[-1]) + _half_log_det(Lp) - _half_log_det(Lq)
     Lq, Lp = factorise_q(cov_q.detach()), factorise_p(cov_p.detach())
     return _GaussianKL.apply(*_common_batch((mean_q, 1), (cov_q, 2), (mean_p, 1), (cov_p, 2), (Lq, 2), (Lp, 2)))
 

@@ -743,8 +743,6 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto tape = std::make_shared<RTSTape>();
   const int64_t B = gains.size(0), steps = gains.size(1), n = gains.size(-1), T_all = steps + 1;
-  Tensor fm = filtered_means.contiguous(), fc = filtered_covs.contiguous();
-  Tensor pm = next_predicted_means.contiguous(), pc = next_predicted_covs.contiguous();
   tape->G = gains.contiguous();
   if (!loops_pay(n)) {
     Tensor fm = filtered_means.unsqueeze(-1), pm = next_predicted_means.unsqueeze(-1), gains_t = mT(tape->G);
@@ -759,6 +757,8 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
     tape->mean_gaps = at::stack(mean_gaps, 1).squeeze(-1), tape->cov_gaps = at::stack(cov_gaps, 1);
     return {at::stack(means, 1).squeeze(-1), at::stack(covs, 1), tape};
   }
+  Tensor fm = filtered_means.contiguous(), fc = filtered_covs.contiguous();
+  Tensor pm = next_predicted_means.contiguous(), pc = next_predicted_covs.contiguous();
   auto options = fc.options();
   Tensor means = at::empty({B, T_all, n}, options), covs = at::empty({B, T_all, n, n}, options);
   tape->mean_gaps = at::empty({B, steps, n}, options), tape->cov_gaps = at::empty({B, steps, n, n}, options);
