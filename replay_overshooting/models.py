@@ -235,6 +235,33 @@ class _MLPValueAndJacobian(torch.autograd.Function):
         return (grad_x, None, None, None, None, *_param_grads(*_mlp_weight_grads([factors], ctx.layers)))
 
 
+class _NativeMLPValueAndJacobian(torch.autograd.Function):
+    "`_MLPValueAndJacobian` with its forward and backward in C++ (`03a_native_loops`); the same arguments and outputs."
+
+    @staticmethod
+    def forward(ctx, x, wrt, activation, beta, kernels, *params):
+        out, J, ctx.tape = native_loops().value_and_jacobian_forward(
+            x, list(params), _ACTIVATIONS.index(activation), float(beta), wrt)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(out, J)
+        return out, J
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_J):
+        grad_x, *weight_grads = native_loops().value_and_jacobian_backward(
+            ctx.tape, *_grads_or_zeros((grad_out, grad_J), ctx.saved_tensors))
+        return (grad_x, None, None, None, None, *weight_grads)
+
+
+def _native_loops_for(tensor, *mlps):
+    "The C++ loops where they run: float32 or float64 CPU tensors, eager MLP kernels and the extension built; else None."
+    if (tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64)
+            or any(mlp.kernels is not _EAGER_KERNELS for mlp in mlps)):
+        return None
+    return native_loops()
+
+
 class MLP(nn.Module):
     "Multi-layer perceptron `(B, in_dim) -> (B, out_dim)` with a fused value-and-Jacobian pass."
 
@@ -279,7 +306,8 @@ class MLP(nn.Module):
         if x.ndim != 2 or x.shape[-1] != self.in_dim:
             raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
         wrt = self.in_dim if wrt is None else wrt
-        return fused(_MLPValueAndJacobian, _value_and_jacobian, x, wrt, self.activation, self.beta, self.kernels,
+        node = _MLPValueAndJacobian if _native_loops_for(x, self) is None else _NativeMLPValueAndJacobian
+        return fused(node, _value_and_jacobian, x, wrt, self.activation, self.beta, self.kernels,
                      *self.parameter_list())
 
 # %% ../nbs/03_models.ipynb
@@ -372,6 +400,26 @@ class _ResidualTimeUpdate(torch.autograd.Function):
         return (*input_grads, None, None, None, *_param_grads(*_mlp_weight_grads([factors], ctx.layers)))
 
 
+class _NativeTimeUpdate(torch.autograd.Function):
+    "`_ResidualTimeUpdate` with its forward and backward in C++ (`03a_native_loops`); the same arguments and outputs."
+
+    @staticmethod
+    def forward(ctx, mean, cov, u, Q, activation, beta, kernels, *params):
+        next_mean, next_cov, A, ctx.tape = native_loops().time_update_forward(
+            mean, cov, u, Q, list(params), _ACTIVATIONS.index(activation), float(beta))
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(cov, next_mean, next_cov, A)
+        return next_mean, next_cov, A
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mean, grad_cov, grad_A):
+        cov, *outputs = ctx.saved_tensors
+        grad_mean, grad_cov, grad_u, grad_Q, *weight_grads = native_loops().time_update_backward(
+            ctx.tape, cov, outputs[2], *_grads_or_zeros((grad_mean, grad_cov, grad_A), outputs))
+        return (grad_mean, grad_cov, grad_u, grad_Q, None, None, None, *weight_grads)
+
+
 class ResidualDynamics(nn.Module):
     "Discrete-time residual dynamics `F(z, u) = z + f([z, u])`, `(B,n), (B,m) -> (B,n)`."
 
@@ -399,7 +447,8 @@ class ResidualDynamics(nn.Module):
         B, n = mean.shape
         if cov.shape != (B, n, n):
             raise ValueError(f"cov must have shape ({B}, {n}, {n}) to match the mean, got {tuple(cov.shape)}")
-        return fused(_ResidualTimeUpdate, _residual_time_update, mean, cov, self._used_controls(u), Q.expand(B, n, n),
+        node = _ResidualTimeUpdate if _native_loops_for(mean, self.f) is None else _NativeTimeUpdate
+        return fused(node, _residual_time_update, mean, cov, self._used_controls(u), Q.expand(B, n, n),
                      self.f.activation, self.f.beta, self.f.kernels, *self.f.parameter_list())
 
     def _used_controls(self, u):
@@ -620,13 +669,6 @@ def _control_grads(grads, ctx):
     return torch.cat([grads, grads.new_zeros(grads.shape[0], unused, grads.shape[2])], 1) if unused else grads
 
 # %% ../nbs/03_models.ipynb
-def _native_loops_for(tensor, *mlps):
-    "The C++ loops where they run: CPU tensors, eager MLP kernels and the extension built; else None."
-    if tensor.device.type != "cpu" or any(mlp.kernels is not _EAGER_KERNELS for mlp in mlps):
-        return None
-    return native_loops()
-
-
 class _NativeFilter(torch.autograd.Function):
     "`_Filter` with its forward and backward loops in C++; the same arguments and outputs."
 
