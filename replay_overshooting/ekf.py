@@ -15,7 +15,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from .gaussian import _inside_transforms, _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize
-from .native import native_loops
+from .native import native_loops, native_loops_for
 
 # %% ../nbs/01_ekf.ipynb
 def dynamics_and_jacobian(
@@ -398,7 +398,7 @@ def rts_smoother(
         return SmootherResult(fm, fc, pm, pc, fc.new_zeros(B, 0, n, n))
     factorise = functools.partial(psd_cholesky, name="predicted covariance") if checked else cholesky_or_nan
     gains = _solve(pc[:, 1:], filtered.dynamics_jacobians @ fc[:, :-1], factorise).mT  # (B,T-1,n,n)
-    node = _NativeRTSRecursion if fm.device.type == "cpu" and native_loops() is not None else _RTSRecursion
+    node = _RTSRecursion if native_loops_for(fm) is None else _NativeRTSRecursion
     smoothed_means, smoothed_covs = fused(node, _rts_recursion, fm, fc, pm[:, 1:], pc[:, 1:], gains)
     prev_means = smoothed_means[:, :-1].reshape(B * (T - 1), n)
     prev_u = u[:, :-1].reshape(B * (T - 1), -1) if u is not None else None

@@ -20,7 +20,7 @@ from replay_overshooting.ekf import (
     _kalman_update_backward, ekf_filter, ekf_predict, fused, rts_smoother,
 )
 from .gaussian import constant, identity, mvn_sample, symmetrize
-from .native import native_loops
+from .native import native_loops, native_loops_for
 
 # %% ../nbs/03_models.ipynb
 _ACTIVATIONS = ("softplus", "tanh", "relu")
@@ -255,11 +255,8 @@ class _NativeMLPValueAndJacobian(torch.autograd.Function):
 
 
 def _native_loops_for(tensor, *mlps):
-    "The C++ loops where they run: float32 or float64 CPU tensors, eager MLP kernels and the extension built; else None."
-    if (tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64)
-            or any(mlp.kernels is not _EAGER_KERNELS for mlp in mlps)):
-        return None
-    return native_loops()
+    "`native_loops_for(tensor)` where the MLPs run their eager kernels; else None."
+    return None if any(mlp.kernels is not _EAGER_KERNELS for mlp in mlps) else native_loops_for(tensor)
 
 
 class MLP(nn.Module):
