@@ -1,6 +1,7 @@
 """Speed of one whole training iteration: objective `vro` + backward + `torch.optim.Adam` step.
 
-Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [--compile] [--python-loops]
+Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [--sweep-only] [--sweep-devices cpu cuda]
+                                        [--compile] [--python-loops]
 
 Prints one JSON line per measurement, then a table:
   train_vdp, train_push, train_pend      the SPEC §10 configurations, beside the reference times;
@@ -64,7 +65,7 @@ def runs_cpp_loops(cfg, **model_options):
     """Whether the model of a configuration really runs the C++ recursions (discrete-time EKF, eager kernels, CPU):
     a fresh one filters its data once (a trained one may have diverged on random data)."""
     model, y, u = problem(**cfg, **model_options)
-    return model.filter(y, u).predicted_means.grad_fn.name().startswith("_Native")
+    return type(model.filter(y, u).predicted_means.grad_fn).__name__.startswith("_Native")
 
 
 def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **model_options):
@@ -111,22 +112,29 @@ def main():
     parser.add_argument("--full", action="store_true", help="all 18 sweep points instead of a subset")
     parser.add_argument("--skip-sweep", action="store_true", help="leave out the scaling sweep")
     parser.add_argument("--compile", action="store_true", help="also time EKFModel(compile=True)")
+    parser.add_argument("--sweep-only", action="store_true", help="only the scaling sweep")
+    parser.add_argument("--sweep-devices", nargs="+", choices=["cpu", "cuda"],
+                        help="where the sweep runs (default: the CPU, and CUDA when present)")
     args = parse_single_threaded(parser)
+    devices = args.sweep_devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in devices and not torch.cuda.is_available():
+        parser.error("--sweep-devices cuda: no CUDA device is available")
     rows = []
-    for name, cfg in CONFIGS.items():
-        rows.append(measure(f"train_{name}", cfg, repeats=args.repeats, reference=REFERENCE_SECONDS[name]))
-    if args.compile:
+    if not args.sweep_only:
         for name, cfg in CONFIGS.items():
-            rows.append(measure(f"train_{name}_compiled", cfg, repeats=args.repeats,
-                                reference=REFERENCE_SECONDS[name], compile=True))
-    rows.append(measure("train_push_ct", CONFIGS["push"], repeats=3, warmup=1, with_ops=False, dynamics="continuous"))
-    rows.append(measure("train_push_le", CONFIGS["push"], repeats=max(3, args.repeats // 3), dynamics="ensemble",
-                        ensemble_size=100))
+            rows.append(measure(f"train_{name}", cfg, repeats=args.repeats, reference=REFERENCE_SECONDS[name]))
+        if args.compile:
+            for name, cfg in CONFIGS.items():
+                rows.append(measure(f"train_{name}_compiled", cfg, repeats=args.repeats,
+                                    reference=REFERENCE_SECONDS[name], compile=True))
+        rows.append(measure("train_push_ct", CONFIGS["push"], repeats=3, warmup=1, with_ops=False,
+                            dynamics="continuous"))
+        rows.append(measure("train_push_le", CONFIGS["push"], repeats=max(3, args.repeats // 3), dynamics="ensemble",
+                            ensemble_size=100))
     if not args.skip_sweep:
         points = SWEEP_FULL if args.full else SWEEP_DEFAULT
-        rows += sweep(points, repeats=3, device="cpu")
-        if torch.cuda.is_available():
-            rows += sweep(points, repeats=5, device="cuda")
+        for device in devices:
+            rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device)
     print("\n| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
     for name, med, ref, ops in rows:
         speedup = f"{ref / med:.1f}x" if ref else ""

@@ -340,18 +340,20 @@ def _rng_state(device):
 
 
 def _restore_rng(state, device):
-    torch.set_rng_state(state["torch"])
+    "Set the generators from `_rng_state`'s dict, which `torch.load(map_location=cuda)` moved to the GPU."
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-def _distributed():
-    "(rank, world size) when running under torch.distributed, initialising the process group from torchrun's env."
+def _distributed(device: torch.device):
+    """(rank, world size) when running under torch.distributed, initialising the process group from torchrun's env:
+    NCCL for training on CUDA, gloo on the CPU (also on a machine that has a GPU)."""
     import torch.distributed as dist
     if not dist.is_available() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -410,8 +412,8 @@ def train(
     if seeds is not None:
         return _train_seeds(config, _checked_seeds(seeds), resume=resume, progress=progress, callback=callback,
                             dataset=dataset, run_dir=run_dir)
-    rank, world = _distributed()
     device = resolve_device(config.device)
+    rank, world = _distributed(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
     dtype = getattr(torch, config.dtype)
@@ -528,14 +530,15 @@ def load_run(
                          "test split: load_run(run_dir, dataset=test_set)")
     test = dataset if dataset is not None else load_dataset(config.dataset, "test", config.data_dir,
                                                             **config.dataset_options)
-    model = build_model(config, test)
+    model = build_model(config, test).to(device=device, dtype=getattr(torch, config.dtype))  # before loading: a
+    # float64 state loaded into float32 parameters would be rounded
     weights = run_dir / "model.pt"
     if weights.exists():
         state = torch.load(weights, map_location=device, weights_only=True)
     else:
         state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)["model"]
     model.load_state_dict(state)
-    return model.to(device=device, dtype=getattr(torch, config.dtype)).eval(), config, test
+    return model.eval(), config, test
 
 # %% ../nbs/08_training.ipynb
 def _checked_seeds(seeds) -> list[int]:

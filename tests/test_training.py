@@ -35,7 +35,18 @@ def test_every_experiment_runs_two_iterations(name, push_dir, tmp_path):
     assert saved == tiny(name, push_dir, tmp_path)
     model, config, test = load_run(result.run_dir)
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, result.model.state_dict()[key])
+        assert torch.equal(value, result.model.state_dict()[key]), key
+
+
+def test_load_run_restores_float64_weights_exactly(tmp_path):
+    "The weights are cast to the run's dtype before loading: float64 ones loaded into float32 would be rounded."
+    config = get_experiment("example", max_iterations=2, dtype="float64", out_dir=str(tmp_path), device="cpu",
+                            dataset_options={"num_sequences": 4, "seq_len": 11, "cache": False})
+    result = train(config, progress=False)
+    model, _, _ = load_run(result.run_dir)
+    for key, value in result.model.state_dict().items():
+        assert model.state_dict()[key].dtype == torch.float64
+        assert torch.equal(model.state_dict()[key], value), key
 
 
 def test_registry_covers_the_paper():
