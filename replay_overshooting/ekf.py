@@ -470,5 +470,30 @@ def observation_moments(
     y_mean, C = observation_and_jacobian(observe, means.reshape(B * T, n))
     p = y_mean.shape[-1]
     R_rep = R.expand(B, p, p).repeat_interleave(T, 0) if R.ndim == 3 else R.expand(B * T, p, p)
-    S = symmetrize(torch.baddbmm(R_rep, C @ covs.reshape(B * T, n, n), C.mT))
+    covs = covs.reshape(B * T, n, n)
+    if native_loops_for(covs) is None:
+        S = _observation_covariance(C, covs, R_rep)[0]
+    else:
+        S = fused(_NativeObservationCovariance, _observation_covariance, C, covs, R_rep)
     return y_mean.reshape(B, T, p), S.reshape(B, T, p, p)
+
+
+def _observation_covariance(C, cov, R):
+    "`(S, None)`: `S = sym(C Σ Cᵀ + R)` `(N,p,p)` of `C (N,p,n)`, `Σ (N,n,n)`, `R (N,p,p)`, as `fused` asks."
+    return symmetrize(torch.baddbmm(R, C @ cov, C.mT)), None
+
+
+class _NativeObservationCovariance(torch.autograd.Function):
+    """`_observation_covariance` in the C++ loops, forward and backward: with `G = sym(S̄)`,
+    `C̄ = 2 G C Σ`, `Σ̄ = Cᵀ G C`, `R̄ = G`."""
+
+    @staticmethod
+    def forward(ctx, C, cov, R):
+        ctx.save_for_backward(C, cov)
+        return native_loops().observation_covariance(C, cov, R)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_S):
+        C, cov = ctx.saved_tensors
+        return tuple(native_loops().observation_covariance_backward(C, cov, grad_S))

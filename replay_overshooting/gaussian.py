@@ -13,6 +13,8 @@ import warnings
 
 import torch
 
+from .native import native_loops_for
+
 # %% ../nbs/00_gaussian.ipynb
 @functools.cache
 def constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -72,12 +74,31 @@ def _common_batch(*pairs) -> list[torch.Tensor]:
     return [t.expand(*batch, *t.shape[t.ndim - k:]) for t, k in pairs]
 
 
+def _cholesky_solve(
+    B: torch.Tensor,  # right-hand sides `(..., n, k)`
+    L: torch.Tensor,  # lower Cholesky factors `(..., n, n)`, same batch shape
+) -> torch.Tensor:  # `(LLᵀ)⁻¹ B`, `(..., n, k)`
+    "`torch.cholesky_solve(B, L)`, through the C++ loops for float CPU tensors where they are built."
+    loops = native_loops_for(L)
+    if loops is None or B.shape[:-2] != L.shape[:-2]:
+        return torch.cholesky_solve(B, L)
+    flat = loops.small_cholesky_solve(B.reshape(-1, *B.shape[-2:]), L.reshape(-1, *L.shape[-2:]))
+    return flat.view(B.shape)
+
+
+def _cholesky_inverse(L: torch.Tensor) -> torch.Tensor:  # `(LLᵀ)⁻¹` `(..., n, n)` of factors `(..., n, n)`
+    "`torch.cholesky_inverse(L)` for batches, as `_cholesky_solve` of the identity."
+    if native_loops_for(L) is None:
+        return torch.cholesky_inverse(L)
+    return _cholesky_solve(torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape), L)
+
+
 class _SPDSolve(torch.autograd.Function):
     "`X = A⁻¹B` `(..., n, k)` from the Cholesky factor `L` of `A`, with the closed-form backward above."
 
     @staticmethod
     def forward(ctx, A, B, L):
-        X = torch.cholesky_solve(B, L)
+        X = _cholesky_solve(B, L)
         ctx.save_for_backward(L, X)
         return X
 
@@ -85,7 +106,7 @@ class _SPDSolve(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_X):
         L, X = ctx.saved_tensors
-        grad_B = torch.cholesky_solve(grad_X, L)
+        grad_B = _cholesky_solve(grad_X, L)
         grad_A = symmetrize(grad_B @ X.mT).neg_() if ctx.needs_input_grad[0] else None
         return grad_A, grad_B, None
 
@@ -136,7 +157,7 @@ class _GaussianLogDensity(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         L, diff = ctx.saved_tensors
-        inverse = torch.cholesky_inverse(L)
+        inverse = _cholesky_inverse(L)
         alpha = inverse @ diff  # (..., n, 1)
         g = grad[..., None, None]
         grad_mean = (g * alpha).squeeze(-1)
@@ -172,7 +193,7 @@ class _GaussianKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mean_q, cov_q, mean_p, cov_p, Lq, Lp):
-        inverse_p = torch.cholesky_inverse(Lp)
+        inverse_p = _cholesky_inverse(Lp)
         gap = (mean_p - mean_q).unsqueeze(-1)
         beta = inverse_p @ gap  # (..., n, 1)
         ctx.save_for_backward(cov_q, Lq, inverse_p, beta)
@@ -187,7 +208,7 @@ class _GaussianKL(torch.autograd.Function):
         grad_mean_p = (g * beta).squeeze(-1)
         grad_cov_q = grad_cov_p = None
         if ctx.needs_input_grad[1]:
-            grad_cov_q = (inverse_p - torch.cholesky_inverse(Lq)).mul_(0.5 * g)
+            grad_cov_q = (inverse_p - _cholesky_inverse(Lq)).mul_(0.5 * g)
         if ctx.needs_input_grad[3]:
             grad_cov_p = (inverse_p - inverse_p @ cov_q @ inverse_p - beta * beta.mT).mul_(0.5 * g)
         return -grad_mean_p, grad_cov_q, grad_mean_p, grad_cov_p, None, None
