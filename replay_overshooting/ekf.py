@@ -376,6 +376,23 @@ class _NativeRTSRecursion(torch.autograd.Function):
         return tuple(native_loops().rts_backward(ctx.tape, grad_means, grad_covs))
 
 
+class _NativeSmootherGains(torch.autograd.Function):
+    """The smoother gains `G_t = Σ_t|t A_tᵀ P_t+1|t⁻¹` `(B,T-1,n,n)` in the C++ loops, forward and backward, from
+    the Jacobians `A (B,T-1,n,n)`, the filtered and predicted covariances `(B,T,n,n)` and the Cholesky factors
+    `(B,T-1,n,n)` of the predicted ones from step 1 on."""
+
+    @staticmethod
+    def forward(ctx, jacobians, filtered_covs, predicted_covs, factors):
+        gains = native_loops().smoother_gains(jacobians, filtered_covs, factors)
+        ctx.save_for_backward(jacobians, filtered_covs, factors, gains)
+        return gains
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_gains):
+        return *native_loops().smoother_gains_backward(*ctx.saved_tensors, grad_gains), None
+
+
 def rts_smoother(
     dynamics: Callable,  # the dynamics given to `ekf_filter`
     filtered: FilterResult,  # output of `ekf_filter`
@@ -397,8 +414,12 @@ def rts_smoother(
     if T == 1:
         return SmootherResult(fm, fc, pm, pc, fc.new_zeros(B, 0, n, n))
     factorise = functools.partial(psd_cholesky, name="predicted covariance") if checked else cholesky_or_nan
-    gains = _solve(pc[:, 1:], filtered.dynamics_jacobians @ fc[:, :-1], factorise).mT  # (B,T-1,n,n)
-    node = _RTSRecursion if native_loops_for(fm) is None else _NativeRTSRecursion
+    loops = native_loops_for(fm)
+    if loops is not None and n <= loops.loop_state_limit and not _inside_transforms():
+        gains = _NativeSmootherGains.apply(filtered.dynamics_jacobians, fc, pc, factorise(pc[:, 1:].detach()))
+    else:
+        gains = _solve(pc[:, 1:], filtered.dynamics_jacobians @ fc[:, :-1], factorise).mT  # (B,T-1,n,n)
+    node = _RTSRecursion if loops is None else _NativeRTSRecursion
     smoothed_means, smoothed_covs = fused(node, _rts_recursion, fm, fc, pm[:, 1:], pc[:, 1:], gains)
     prev_means = smoothed_means[:, :-1].reshape(B * (T - 1), n)
     prev_u = u[:, :-1].reshape(B * (T - 1), -1) if u is not None else None

@@ -86,6 +86,12 @@ def _cholesky_solve(
     return flat.view(B.shape)
 
 
+def _small_system_loops(L: torch.Tensor):
+    "The C++ loops where they run on `L`'s systems `(..., n, n)` (CPU floats, n up to their size limit); else None."
+    loops = native_loops_for(L)
+    return loops if loops is not None and L.shape[-1] <= loops.loop_state_limit else None
+
+
 def _cholesky_inverse(L: torch.Tensor) -> torch.Tensor:  # `(LLᵀ)⁻¹` `(..., n, n)` of factors `(..., n, n)`
     "`torch.cholesky_inverse(L)` for batches, as `_cholesky_solve` of the identity."
     if native_loops_for(L) is None:
@@ -150,18 +156,28 @@ class _GaussianLogDensity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, cov, L):
         gap = x - mean
-        ctx.save_for_backward(L, gap.unsqueeze(-1))
-        return _log_density_from_factor(gap, L)
+        ctx.save_for_backward(L, gap)
+        loops = _small_system_loops(L)
+        if loops is None:
+            return _log_density_from_factor(gap, L)
+        n = gap.shape[-1]
+        return loops.gaussian_log_density(gap.reshape(-1, n), L.reshape(-1, n, n)).view(gap.shape[:-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        L, diff = ctx.saved_tensors
-        inverse = _cholesky_inverse(L)
-        alpha = inverse @ diff  # (..., n, 1)
-        g = grad[..., None, None]
-        grad_mean = (g * alpha).squeeze(-1)
-        grad_cov = (alpha * alpha.mT - inverse).mul_(0.5 * g) if ctx.needs_input_grad[2] else None
+        L, gap = ctx.saved_tensors
+        loops, n = _small_system_loops(L), gap.shape[-1]
+        if loops is not None:  # both gradients; autograd drops the covariance's where it needs none
+            grad_mean, grad_cov = loops.gaussian_log_density_backward(gap.reshape(-1, n), L.reshape(-1, n, n),
+                                                                      grad.reshape(-1))
+            grad_mean, grad_cov = grad_mean.view(gap.shape), grad_cov.view(L.shape)
+        else:
+            inverse = _cholesky_inverse(L)
+            alpha = inverse @ gap.unsqueeze(-1)  # (..., n, 1)
+            g = grad[..., None, None]
+            grad_mean = (g * alpha).squeeze(-1)
+            grad_cov = (alpha * alpha.mT - inverse).mul_(0.5 * g) if ctx.needs_input_grad[2] else None
         return -grad_mean, grad_mean, grad_cov, None
 
 
@@ -204,13 +220,18 @@ class _GaussianKL(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         cov_q, Lq, inverse_p, beta = ctx.saved_tensors
-        g = grad[..., None, None]
-        grad_mean_p = (g * beta).squeeze(-1)
-        grad_cov_q = grad_cov_p = None
-        if ctx.needs_input_grad[1]:
-            grad_cov_q = (inverse_p - _cholesky_inverse(Lq)).mul_(0.5 * g)
-        if ctx.needs_input_grad[3]:
-            grad_cov_p = (inverse_p - inverse_p @ cov_q @ inverse_p - beta * beta.mT).mul_(0.5 * g)
+        loops, batch = _small_system_loops(inverse_p), grad.shape
+        if loops is not None:
+            # all three gradients; autograd drops those of inputs that need none
+            flat = loops.gaussian_kl_backward(*(t.reshape(-1, *t.shape[len(batch):])
+                                                for t in (cov_q, Lq, inverse_p, beta, grad)))
+            grad_mean_p, grad_cov_q, grad_cov_p = (t.view(*batch, *t.shape[1:]) for t in flat)
+        else:
+            g = grad[..., None, None]
+            grad_mean_p = (g * beta).squeeze(-1)
+            grad_cov_q = (inverse_p - _cholesky_inverse(Lq)).mul_(0.5 * g) if ctx.needs_input_grad[1] else None
+            grad_cov_p = ((inverse_p - inverse_p @ cov_q @ inverse_p - beta * beta.mT).mul_(0.5 * g)
+                          if ctx.needs_input_grad[3] else None)
         return -grad_mean_p, grad_cov_q, grad_mean_p, grad_cov_p, None, None
 
 
