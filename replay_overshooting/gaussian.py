@@ -209,12 +209,19 @@ class _GaussianKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mean_q, cov_q, mean_p, cov_p, Lq, Lp):
-        inverse_p = _cholesky_inverse(Lp)
-        gap = (mean_p - mean_q).unsqueeze(-1)
-        beta = inverse_p @ gap  # (..., n, 1)
+        loops, batch = _small_system_loops(Lp), Lp.shape[:-2]
+        if loops is not None:
+            kl, inverse_p, beta = loops.gaussian_kl(*(t.reshape(-1, *t.shape[len(batch):])
+                                                      for t in (mean_q, cov_q, mean_p, Lq, Lp)))
+            kl, inverse_p, beta = kl.view(batch), inverse_p.view(Lp.shape), beta.view(*Lp.shape[:-1], 1)
+        else:
+            inverse_p = _cholesky_inverse(Lp)
+            gap = (mean_p - mean_q).unsqueeze(-1)
+            beta = inverse_p @ gap  # (..., n, 1)
+            trace, quadratic = (inverse_p * cov_q).sum((-2, -1)), (gap * beta).sum((-2, -1))
+            kl = 0.5 * (trace + quadratic - mean_q.shape[-1]) + _half_log_det(Lp) - _half_log_det(Lq)
         ctx.save_for_backward(cov_q, Lq, inverse_p, beta)
-        trace, quadratic = (inverse_p * cov_q).sum((-2, -1)), (gap * beta).sum((-2, -1))
-        return 0.5 * (trace + quadratic - mean_q.shape[-1]) + _half_log_det(Lp) - _half_log_det(Lq)
+        return kl
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -675,6 +675,40 @@ static Tensor small_cholesky_solve(const Tensor& B_in, const Tensor& L_in) {
   return X;
 }
 
+// `gaussian._GaussianKL`'s forward for batches of N small Gaussians: KL(N(μq, LqLqᵀ) ‖ N(μp, LpLpᵀ)) `(N)` from the
+// means `(N, n)`, Σq `(N, n, n)` and both factors, with Pᵢ = Σp⁻¹ `(N, n, n)` and β = Pᵢ(μp − μq) `(N, n, 1)`,
+// which its backward takes. Returns {KL, Pᵢ, β}.
+static Tensors gaussian_kl(const Tensor& mean_q_in, const Tensor& cov_q_in, const Tensor& mean_p_in,
+                           const Tensor& Lq_in, const Tensor& Lp_in) {
+  const int64_t N = cov_q_in.size(0), n = cov_q_in.size(-1), nn = n * n;
+  Tensor mean_q = mean_q_in.contiguous(), cov_q = cov_q_in.contiguous(), mean_p = mean_p_in.contiguous();
+  Tensor Lq = Lq_in.contiguous(), Lp = Lp_in.contiguous();
+  auto options = cov_q.options();
+  Tensor kl = at::empty({N}, options), inverse_p = at::empty({N, n, n}, options), beta = at::empty({N, n, 1}, options);
+  AT_DISPATCH_FLOATING_TYPES(cov_q.scalar_type(), "gaussian_kl", [&] {
+    using T = scalar_t;
+    std::vector<T> gap(n);
+    for (int64_t b = 0; b < N; ++b) {
+      const T *mq = mean_q.const_data_ptr<T>() + b * n, *mp = mean_p.const_data_ptr<T>() + b * n;
+      const T *Sq = cov_q.const_data_ptr<T>() + b * nn, *Lqb = Lq.const_data_ptr<T>() + b * nn;
+      const T* Lpb = Lp.const_data_ptr<T>() + b * nn;
+      T *Pi = inverse_p.mutable_data_ptr<T>() + b * nn, *be = beta.mutable_data_ptr<T>() + b * n;
+      for (int64_t i = 0; i < nn; ++i) Pi[i] = i % (n + 1) == 0 ? T(1) : T(0);
+      cholesky_solve_in_place(Lpb, Pi, n, n);
+      for (int64_t i = 0; i < n; ++i) gap[i] = mp[i] - mq[i];
+      product<false, false>(be, Pi, gap.data(), n, n, int64_t(1));
+      T trace = 0, quadratic = 0, log_det_ratio = 0;
+      for (int64_t i = 0; i < nn; ++i) trace += Pi[i] * Sq[i];
+      for (int64_t i = 0; i < n; ++i) {
+        quadratic += gap[i] * be[i];
+        log_det_ratio += std::log(Lpb[i * n + i]) - std::log(Lqb[i * n + i]);
+      }
+      kl.mutable_data_ptr<T>()[b] = T(0.5) * (trace + quadratic - T(n)) + log_det_ratio;
+    }
+  });
+  return {kl, inverse_p, beta};
+}
+
 // The backward of `gaussian._GaussianKL` for batches of N small Gaussians, all terms of one element at once:
 // with Pᵢ = Σp⁻¹, Qᵢ = Σq⁻¹ (from its factor Lq), β = Pᵢ(μp − μq) and g the incoming gradient,
 // ∂μp = g β, ∂Σq = g/2 (Pᵢ − Qᵢ), ∂Σp = g/2 (Pᵢ − Pᵢ Σq Pᵢ − ββᵀ). As ATen calls these are seven passes over
@@ -1285,6 +1319,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("time_update_forward", &time_update_forward);
   m.def("time_update_backward", &time_update_backward_node);
   m.def("small_cholesky_solve", &small_cholesky_solve);
+  m.def("gaussian_kl", &gaussian_kl);
   m.def("gaussian_kl_backward", &gaussian_kl_backward);
   m.def("gaussian_log_density", &gaussian_log_density);
   m.def("gaussian_log_density_backward", &gaussian_log_density_backward);
