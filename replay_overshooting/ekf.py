@@ -15,6 +15,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from .gaussian import _inside_transforms, _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize
+from .gaussian import _small_system_loops
 from .native import native_loops, native_loops_for
 
 # %% ../nbs/01_ekf.ipynb
@@ -414,12 +415,11 @@ def rts_smoother(
     if T == 1:
         return SmootherResult(fm, fc, pm, pc, fc.new_zeros(B, 0, n, n))
     factorise = functools.partial(psd_cholesky, name="predicted covariance") if checked else cholesky_or_nan
-    loops = native_loops_for(fm)
-    if loops is not None and n <= loops.loop_state_limit and not _inside_transforms():
+    if _small_system_loops(fc) is not None and not _inside_transforms():
         gains = _NativeSmootherGains.apply(filtered.dynamics_jacobians, fc, pc, factorise(pc[:, 1:].detach()))
     else:
         gains = _solve(pc[:, 1:], filtered.dynamics_jacobians @ fc[:, :-1], factorise).mT  # (B,T-1,n,n)
-    node = _RTSRecursion if loops is None else _NativeRTSRecursion
+    node = _RTSRecursion if native_loops_for(fm) is None else _NativeRTSRecursion
     smoothed_means, smoothed_covs = fused(node, _rts_recursion, fm, fc, pm[:, 1:], pc[:, 1:], gains)
     prev_means = smoothed_means[:, :-1].reshape(B * (T - 1), n)
     prev_u = u[:, :-1].reshape(B * (T - 1), -1) if u is not None else None

@@ -484,7 +484,6 @@ static inline void symmetric_part(T* out, const T* M, int64_t n) {  // (M + Mᵀ
 constexpr int64_t kLoopStateLimit = 12;
 static bool loops_pay(int64_t n) { return n <= kLoopStateLimit; }
 
-// Σ⁺ = sym(A Σ Aᵀ + Q) with A = J + I, one batch element at a time; returns {A, Σ⁺}.
 // out = sym(A Σ Aᵀ + Q) for one batch element, A r×n, Σ n×n, Q r×r; scratch AP (r·n) and X (r·r).
 template <typename T>
 static inline void sandwich(T* out, const T* A, const T* P, const T* Q, int64_t r, int64_t n, T* AP, T* X) {
@@ -504,6 +503,7 @@ static inline void sandwich_backward(T* G, T* grad_A, T* grad_P, const T* A, con
   product<true, false>(grad_P, A, GA, n, r, n);
 }
 
+// Σ⁺ = sym(A Σ Aᵀ + Q) with A = J + I, one batch element at a time; returns {A, Σ⁺}.
 static std::pair<Tensor, Tensor> propagate_covariance(const Tensor& J_in, const Tensor& cov_in, const Tensor& Q_in) {
   const int64_t B = cov_in.size(0), n = cov_in.size(-1), nn = n * n;
   if (!loops_pay(n)) {
@@ -655,21 +655,32 @@ struct KalmanUpdate {
   Tensor mean, cov, S, info;
 };
 
-// The update of one batch element. `work` holds CP (p×n), L (p×p), X (p×(n+1)), MP and the Joseph sum
-// (n×n each) and RK (p×n).
-// X ← (LLᵀ)⁻¹ X for one n×n lower Cholesky factor L and n×k right-hand sides X: forward, then back substitution.
+// X ← L⁻¹ X for one n×n lower triangular L and n×k right-hand sides X (forward substitution).
 template <typename T>
-static inline void cholesky_solve_in_place(const T* L, T* X, int64_t n, int64_t k) {
+static inline void forward_substitution(const T* L, T* X, int64_t n, int64_t k) {
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t l = 0; l < i; ++l)
       for (int64_t j = 0; j < k; ++j) X[i * k + j] -= L[i * n + l] * X[l * k + j];
     for (int64_t j = 0; j < k; ++j) X[i * k + j] /= L[i * n + i];
   }
+}
+
+// X ← (LLᵀ)⁻¹ X for one n×n lower Cholesky factor L and n×k right-hand sides X: forward, then back substitution.
+template <typename T>
+static inline void cholesky_solve_in_place(const T* L, T* X, int64_t n, int64_t k) {
+  forward_substitution(L, X, n, k);
   for (int64_t i = n - 1; i >= 0; --i) {
     for (int64_t l = i + 1; l < n; ++l)
       for (int64_t j = 0; j < k; ++j) X[i * k + j] -= L[l * n + i] * X[l * k + j];
     for (int64_t j = 0; j < k; ++j) X[i * k + j] /= L[i * n + i];
   }
+}
+
+// inverse ← (LLᵀ)⁻¹ `(n, n)` from one lower Cholesky factor L: the identity solved in place.
+template <typename T>
+static inline void inverse_from_factor(const T* L, T* inverse, int64_t n) {
+  for (int64_t i = 0; i < n * n; ++i) inverse[i] = i % (n + 1) == 0 ? T(1) : T(0);
+  cholesky_solve_in_place(L, inverse, n, n);
 }
 
 // `torch.cholesky_solve(B, L)` for batches `(N, n, k)`, `(N, n, n)` of small systems, as the Gaussian nodes outside
@@ -707,8 +718,7 @@ static Tensors gaussian_kl(const Tensor& mean_q_in, const Tensor& cov_q_in, cons
       const T *Sq = cov_q.const_data_ptr<T>() + b * nn, *Lqb = Lq.const_data_ptr<T>() + b * nn;
       const T* Lpb = Lp.const_data_ptr<T>() + b * nn;
       T *Pi = inverse_p.mutable_data_ptr<T>() + b * nn, *be = beta.mutable_data_ptr<T>() + b * n;
-      for (int64_t i = 0; i < nn; ++i) Pi[i] = i % (n + 1) == 0 ? T(1) : T(0);
-      cholesky_solve_in_place(Lpb, Pi, n, n);
+      inverse_from_factor(Lpb, Pi, n);
       for (int64_t i = 0; i < n; ++i) gap[i] = mp[i] - mq[i];
       product<false, false>(be, Pi, gap.data(), n, n, int64_t(1));
       T trace = 0, quadratic = 0, log_det_ratio = 0;
@@ -741,8 +751,7 @@ static Tensors gaussian_kl_backward(const Tensor& cov_q_in, const Tensor& Lq_in,
     for (int64_t b = 0; b < N; ++b) {
       const T *Pi = inverse_p.const_data_ptr<T>() + b * nn, *be = beta.const_data_ptr<T>() + b * n;
       const T g = grad.const_data_ptr<T>()[b], half = T(0.5) * g;
-      for (int64_t i = 0; i < nn; ++i) inverse_q[i] = i % (n + 1) == 0 ? T(1) : T(0);
-      cholesky_solve_in_place(Lq.const_data_ptr<T>() + b * nn, inverse_q.data(), n, n);
+      inverse_from_factor(Lq.const_data_ptr<T>() + b * nn, inverse_q.data(), n);
       product<false, false>(PS.data(), Pi, cov_q.const_data_ptr<T>() + b * nn, n, n, n);
       product<false, false>(PSP.data(), PS.data(), Pi, n, n, n);
       T *gm = grad_mean_p.mutable_data_ptr<T>() + b * n, *gq = grad_cov_q.mutable_data_ptr<T>() + b * nn;
@@ -772,11 +781,10 @@ static Tensor gaussian_log_density(const Tensor& gap_in, const Tensor& L_in) {
     std::vector<T> r(n);
     for (int64_t b = 0; b < N; ++b) {
       const T *x = gap.const_data_ptr<T>() + b * n, *Lb = L.const_data_ptr<T>() + b * n * n;
+      std::copy(x, x + n, r.begin());
+      forward_substitution(Lb, r.data(), n, int64_t(1));
       T squares = 0, half_log_det = 0;
       for (int64_t i = 0; i < n; ++i) {
-        T acc = x[i];
-        for (int64_t l = 0; l < i; ++l) acc -= Lb[i * n + l] * r[l];
-        r[i] = acc / Lb[i * n + i];
         squares += r[i] * r[i];
         half_log_det += std::log(Lb[i * n + i]);
       }
@@ -800,8 +808,7 @@ static Tensors gaussian_log_density_backward(const Tensor& gap_in, const Tensor&
       const T g = grad.const_data_ptr<T>()[b];
       std::copy(x, x + n, alpha.begin());
       cholesky_solve_in_place(Lb, alpha.data(), n, int64_t(1));
-      for (int64_t i = 0; i < nn; ++i) inverse[i] = i % (n + 1) == 0 ? T(1) : T(0);
-      cholesky_solve_in_place(Lb, inverse.data(), n, n);
+      inverse_from_factor(Lb, inverse.data(), n);
       T *gm = grad_mean.mutable_data_ptr<T>() + b * n, *gc = grad_cov.mutable_data_ptr<T>() + b * nn;
       for (int64_t i = 0; i < n; ++i) {
         gm[i] = g * alpha[i];
@@ -812,6 +819,8 @@ static Tensors gaussian_log_density_backward(const Tensor& gap_in, const Tensor&
   return {grad_mean, grad_cov};
 }
 
+// The update of one batch element. `work` holds CP (p×n), L (p×p), X (p×(n+1)), MP and the Joseph sum
+// (n×n each) and RK (p×n).
 template <typename T>
 static int32_t kalman_element(int64_t n, int64_t p, const T* mean, const T* P, const T* y_pred, const T* C,
                               const T* R, const T* y, T* work, T* new_mean, T* new_cov, T* S, T* Kt, T* s, T* gain,
@@ -1263,9 +1272,8 @@ static Tensor smoother_gains(const Tensor& A_in, const Tensor& fc_in, const Tens
     std::vector<T> X(nn);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t < steps; ++t) {
-        const int64_t at = b * steps + t;
-        product<false, false>(X.data(), A.const_data_ptr<T>() + at * nn, fc.const_data_ptr<T>() + (b * (steps + 1) + t) * nn,
-                              n, n, n);
+        const int64_t at = b * steps + t;  // (b, t) in the gains and Jacobians; (b, t) of Σ is at + b
+        product<false, false>(X.data(), A.const_data_ptr<T>() + at * nn, fc.const_data_ptr<T>() + (at + b) * nn, n, n, n);
         cholesky_solve_in_place(L.const_data_ptr<T>() + at * nn, X.data(), n, n);
         T* Gt = G.mutable_data_ptr<T>() + at * nn;
         for (int64_t i = 0; i < n; ++i)
@@ -1289,7 +1297,8 @@ static Tensors smoother_gains_backward(const Tensor& A_in, const Tensor& fc_in, 
     using T = scalar_t;
     std::vector<T> Mbar(nn), MG(nn);
     for (int64_t b = 0; b < B; ++b) {
-      T *gfc = grad_fc.mutable_data_ptr<T>() + b * (steps + 1) * nn, *gpc = grad_pc.mutable_data_ptr<T>() + b * (steps + 1) * nn;
+      T* gfc = grad_fc.mutable_data_ptr<T>() + b * (steps + 1) * nn;
+      T* gpc = grad_pc.mutable_data_ptr<T>() + b * (steps + 1) * nn;
       std::fill(gfc + steps * nn, gfc + (steps + 1) * nn, T(0));
       std::fill(gpc, gpc + nn, T(0));
       for (int64_t t = 0; t < steps; ++t) {
@@ -1302,7 +1311,7 @@ static Tensors smoother_gains_backward(const Tensor& A_in, const Tensor& fc_in, 
         T* gP = gpc + (t + 1) * nn;
         for (int64_t i = 0; i < n; ++i)
           for (int64_t j = 0; j < n; ++j) gP[i * n + j] = T(-0.5) * (MG[i * n + j] + MG[j * n + i]);
-        product<false, false>(grad_A.mutable_data_ptr<T>() + at * nn, Mbar.data(), fc.const_data_ptr<T>() + (b * (steps + 1) + t) * nn,
+        product<false, false>(grad_A.mutable_data_ptr<T>() + at * nn, Mbar.data(), fc.const_data_ptr<T>() + (at + b) * nn,
                               n, n, n);
         product<true, false>(gfc + t * nn, At, Mbar.data(), n, n, n);
       }
