@@ -5,17 +5,23 @@ Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [-
 
 Prints one JSON line per measurement, then a table:
   train_vdp, train_push, train_pend      the SPEC §10 configurations, beside the reference times;
-  train_*_compiled                       the same with `EKFModel(compile=True)` (with --compile; `compile_s`
-                                         is the time of the first iterations, which compile the kernels);
+  train_*_compiled                       the same with `EKFModel(compile=True)` (with --compile): the batched
+                                         network passes through `torch.compile`, the recursions in C++ where
+                                         built; `compile_s` is the time of the first two iterations, which
+                                         compile the kernels with Inductor's caches off, as on first use;
   train_push_ct, train_push_le           continuous-time and linear-ensemble (K = 100) push models;
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
-                                         default, all 18 points with --full), and on CUDA when available.
+                                         default, all 18 points with --full), and on CUDA when available
+                                         (with `peak_gib`, the peak of allocated GPU memory; a point that
+                                         does not fit prints `out_of_memory`).
 Every CPU measurement uses one thread and is the median of `--repeats` timed iterations after warm-up. The
 discrete-time EKF runs its filter, smoother and replay recursions in C++ where they are built (`cpp_loops` in
 each line); `--python-loops` times the Python recursions instead.
 """
 import itertools
+import json
 import time
+import warnings
 
 import torch
 
@@ -72,6 +78,8 @@ def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **mo
     "Time one configuration, print its JSON line and return (name, median, reference, ops)."
     if model_options.get("compile"):
         torch._dynamo.reset()  # each configuration compiles afresh, within dynamo's limit of 8 shapes per function
+        torch._inductor.config.force_disable_caches = True  # `compile_s` as on first use, not from the disk cache
+        warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # what the line above implies
     model, y, u = problem(**cfg, **model_options)
     step = training_step(model, y, u)
     extra = {}
@@ -88,21 +96,36 @@ def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **mo
     return name, med, reference, ops
 
 
+def sweep_point(cfg, *, repeats, device):
+    "Time one sweep point; returns (median, min, max) and, on CUDA, the peak of allocated memory in GiB."
+    model, y, u = problem(**cfg)
+    step = from_initial_weights(model, training_step(model, y, u))
+    if device != "cuda":
+        return time_it(step, warmup=1, repeats=repeats), {}
+    inner = step
+
+    def step():
+        inner()
+        torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = time_it(step, warmup=1, repeats=repeats)
+    return times, {"peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
 def sweep(points, *, repeats, device):
-    "The push DT-EKF over (T, B, n); returns table rows."
+    "The push DT-EKF over (T, B, n); returns table rows (a point that runs out of GPU memory says so)."
     rows = []
     for T, B, n in points:
         cfg = dict(CONFIGS["push"], T=T, batch=B, latent_dim=n, device=device)
-        model, y, u = problem(**cfg)
-        step = from_initial_weights(model, training_step(model, y, u))
-        if device == "cuda":
-            inner = step
-
-            def step():
-                inner()
-                torch.cuda.synchronize()
-        med, lo, hi = time_it(step, warmup=1, repeats=repeats)
-        report("sweep", med, lo, hi, cpp_loops=runs_cpp_loops(cfg), device=device, T=T, batch=B, latent_dim=n)
+        point = dict(device=device, T=T, batch=B, latent_dim=n)
+        try:
+            (med, lo, hi), memory = sweep_point(cfg, repeats=repeats, device=device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            print(json.dumps({"config": "sweep", "out_of_memory": True, **point}), flush=True)
+            rows.append((f"sweep {device} T={T} B={B} n={n}", None, None, None))
+            continue
+        report("sweep", med, lo, hi, cpp_loops=runs_cpp_loops(cfg), **memory, **point)
         rows.append((f"sweep {device} T={T} B={B} n={n}", med, None, None))
     return rows
 
@@ -138,7 +161,7 @@ def main():
     print("\n| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
     for name, med, ref, ops in rows:
         speedup = f"{ref / med:.1f}x" if ref else ""
-        print(f"| {name} | {med:.4f} | {ref or ''} | {speedup} | {ops or ''} |")
+        print(f"| {name} | {'out of memory' if med is None else f'{med:.4f}'} | {ref or ''} | {speedup} | {ops or ''} |")
 
 
 if __name__ == "__main__":

@@ -254,9 +254,9 @@ class _NativeMLPValueAndJacobian(torch.autograd.Function):
         return (grad_x, None, None, None, None, *weight_grads)
 
 
-def _native_loops_for(tensor, *mlps):
-    "`native_loops_for(tensor)` where the MLPs run their eager kernels; else None."
-    return None if any(mlp.kernels is not _EAGER_KERNELS for mlp in mlps) else native_loops_for(tensor)
+def _native_loops_for(tensor, mlp):
+    "`native_loops_for(tensor)` for a batched pass (outside the recursions) of an `mlp` with eager kernels; else None."
+    return None if mlp.kernels is not _EAGER_KERNELS else native_loops_for(tensor)
 
 
 class MLP(nn.Module):
@@ -271,7 +271,7 @@ class MLP(nn.Module):
         layers: int = 3,  # number of hidden layers
         activation: str = "softplus",  # one of "softplus", "tanh", "relu"
         beta: float = 2.0,  # softplus sharpness
-        compile: bool = False,  # run `value_and_jacobian` through `torch.compile` (slower on CPU, see above)
+        compile: bool = False,  # run `value_and_jacobian`'s kernels through `torch.compile` (see above)
     ):
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -469,7 +469,7 @@ class ResidualDynamics(nn.Module):
         "The whole EKF recursion as one autograd node, for an `MLP` observation model (called by `ekf_filter`)."
         if not isinstance(observe, MLP):
             return None
-        node = _Filter if robust or _native_loops_for(y, self.f, observe) is None else _NativeFilter
+        node = _Filter if robust or native_loops_for(y) is None else _NativeFilter
         fields = fused(node, _filter_loop, self, observe, y, self._used_controls(u), mask, mean, cov, Q, R, robust,
                        *self.f.parameter_list(), *observe.parameter_list())
         return dict(zip(FILTER_FIELDS, fields))
@@ -483,7 +483,7 @@ class ResidualDynamics(nn.Module):
         steps: int,  # beliefs returned, the given one first
     ) -> tuple:  # means `(B,steps,n)`, covariances `(B,steps,n,n)`, Jacobians `(B,steps-1,n,n)`
         "Open-loop prediction as one autograd node (called by `ekf_predict`)."
-        node = _Rollout if _native_loops_for(mean, self.f) is None else _NativeRollout
+        node = _Rollout if native_loops_for(mean) is None else _NativeRollout
         return fused(node, _rollout_loop, self, mean, cov, self._used_controls(u), Q, steps, *self.f.parameter_list())
 
 
@@ -749,7 +749,7 @@ class EKFModel(nn.Module):
         rtol: float = 1e-7,
         atol: float = 1e-9,
         ode_options: dict | None = None,  # torchdiffeq solver options, e.g. `{"step_size": dt}` for method "rk4"
-        compile: bool = False,  # compile the MLPs' value-and-Jacobian kernels (slower on CPU: see the MLP section)
+        compile: bool = False,  # compile the MLPs' value-and-Jacobian kernels (see the MLP section)
     ):
         super().__init__()
         if dynamics not in _DYNAMICS:

@@ -1,11 +1,34 @@
-"""`EKFModel(compile=True)`: the MLP kernels through `torch.compile` give the eager model's loss and gradients."""
+"""`EKFModel(compile=True)`: the MLP kernels through `torch.compile` give the eager model's loss and gradients, with
+the recursions in C++ (where the extension is built) and in Python; the batched passes run the compiled kernels."""
+import pytest
 import torch
 
 from replay_overshooting.models import EKFModel
+from replay_overshooting.native import native_loops, use_native_loops
 from replay_overshooting.objectives import sro, vro
 
 
-def test_compiled_kernels_match_eager():
+@pytest.fixture(params=["cpp_recursions", "python_recursions"])
+def recursions(request):
+    "Which recursions run: the C++ loops (skipped where they are not built) or the Python ones."
+    if request.param == "cpp_recursions" and native_loops() is None:
+        pytest.skip("the C++ extension is not built here")
+    previous = use_native_loops(request.param == "cpp_recursions")
+    yield request.param
+    use_native_loops(previous)
+
+
+def node_names(model, y, u):
+    "The autograd node types of the filter recursion, the batched time update and the batched observation pass."
+    filtered = model.filter(y, u)
+    B, T, n = filtered.filtered_means.shape
+    mean, cov = filtered.filtered_means.reshape(B * T, n), filtered.filtered_covs.reshape(B * T, n, n)
+    time_update = model.dynamics.propagate_belief(mean, cov, u.reshape(B * T, -1), model.dynamics_cov())[0]
+    observation = model.observation.value_and_jacobian(mean)[0]
+    return [type(t.grad_fn).__name__ for t in (filtered.predicted_means, time_update, observation)]
+
+
+def test_compiled_kernels_match_eager(recursions):
     torch.manual_seed(0)
     eager = EKFModel(2, 2, 1, hidden=4, layers=2).double()
     compiled = EKFModel(2, 2, 1, hidden=4, layers=2, compile=True).double()
@@ -18,5 +41,14 @@ def test_compiled_kernels_match_eager():
             results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
         (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
         torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-10, atol=1e-12)
-        for a, b in zip(compiled_grads, eager_grads):
+        for a, b in zip(compiled_grads, eager_grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+    filter_node, time_update_node, observation_node = node_names(compiled, y, u)
+    expected_filter = "_NativeFilterBackward" if recursions == "cpp_recursions" else "_FilterBackward"
+    assert filter_node == expected_filter
+    assert (time_update_node, observation_node) == ("_ResidualTimeUpdateBackward", "_MLPValueAndJacobianBackward")
+    eager_nodes = node_names(eager, y, u)
+    if recursions == "cpp_recursions":
+        assert eager_nodes == ["_NativeFilterBackward", "_NativeTimeUpdateBackward",
+                               "_NativeMLPValueAndJacobianBackward"]
