@@ -5,10 +5,10 @@ Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [-
 
 Prints one JSON line per measurement, then a table:
   train_vdp, train_push, train_pend      the SPEC §10 configurations, beside the reference times;
-  train_*_compiled                       the same with `EKFModel(compile=True)` (with --compile): the batched
-                                         network passes through `torch.compile`, the recursions in C++ where
-                                         built; `compile_s` is the time of the first two iterations, which
-                                         compile the kernels with Inductor's caches off, as on first use;
+  train_*_compiled, sweep_compiled       with --compile: the same with `EKFModel(compile=True)` (the networks
+                                         through `torch.compile`, the recursions in C++ where built); `compile_s`
+                                         is the time of the first two iterations, which compile the kernels
+                                         with Inductor's caches off, as on first use;
   train_push_ct, train_push_le           continuous-time and linear-ensemble (K = 100) push models;
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
                                          default, all 18 points with --full), and on CUDA when available
@@ -74,19 +74,27 @@ def runs_cpp_loops(cfg, **model_options):
     return type(model.filter(y, u).predicted_means.grad_fn).__name__.startswith("_Native")
 
 
+def compile_afresh():
+    "Let the next compiled model compile from scratch, as on first use."
+    torch._dynamo.reset()  # each configuration compiles afresh, within dynamo's limit of 8 shapes per function
+    torch._inductor.config.force_disable_caches = True  # not from the disk cache
+    warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # what the line above implies
+
+
+def compile_seconds(step):
+    "Seconds of a compiled model's first two iterations, which compile its kernels."
+    start = time.perf_counter()
+    step(), step()
+    return round(time.perf_counter() - start, 1)
+
+
 def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **model_options):
     "Time one configuration, print its JSON line and return (name, median, reference, ops)."
     if model_options.get("compile"):
-        torch._dynamo.reset()  # each configuration compiles afresh, within dynamo's limit of 8 shapes per function
-        torch._inductor.config.force_disable_caches = True  # `compile_s` as on first use, not from the disk cache
-        warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # what the line above implies
+        compile_afresh()
     model, y, u = problem(**cfg, **model_options)
     step = training_step(model, y, u)
-    extra = {}
-    if model_options.get("compile"):
-        start = time.perf_counter()
-        step(), step()
-        extra["compile_s"] = round(time.perf_counter() - start, 1)
+    extra = {"compile_s": compile_seconds(step)} if model_options.get("compile") else {}
     med, lo, hi = time_it(step, warmup=warmup, repeats=repeats)
     extra["cpp_loops"] = runs_cpp_loops(cfg, **model_options)
     ops = count_ops(step) if with_ops else None
@@ -96,37 +104,42 @@ def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **mo
     return name, med, reference, ops
 
 
-def sweep_point(cfg, *, repeats, device):
-    "Time one sweep point; returns (median, min, max) and, on CUDA, the peak of allocated memory in GiB."
-    model, y, u = problem(**cfg)
+def sweep_point(cfg, *, repeats, device, compile):
+    """Time one sweep point; returns (median, min, max) and the extra fields of its line: `compile_s` for a
+    compiled model, `peak_gib` (the peak of allocated memory) on CUDA."""
+    if compile:
+        compile_afresh()
+    model, y, u = problem(**cfg, compile=compile)
     step = from_initial_weights(model, training_step(model, y, u))
-    if device != "cuda":
-        return time_it(step, warmup=1, repeats=repeats), {}
-    inner = step
+    if device == "cuda":
+        inner = step
 
-    def step():
-        inner()
-        torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+        def step():
+            inner()
+            torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    extra = {"compile_s": compile_seconds(step)} if compile else {}
     times = time_it(step, warmup=1, repeats=repeats)
-    return times, {"peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    if device == "cuda":
+        extra["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return times, extra
 
 
-def sweep(points, *, repeats, device):
+def sweep(points, *, repeats, device, compile=False):
     "The push DT-EKF over (T, B, n); returns table rows (a point that runs out of GPU memory says so)."
-    rows = []
+    name, rows = "sweep_compiled" if compile else "sweep", []
     for T, B, n in points:
         cfg = dict(CONFIGS["push"], T=T, batch=B, latent_dim=n, device=device)
         point = dict(device=device, T=T, batch=B, latent_dim=n)
         try:
-            (med, lo, hi), memory = sweep_point(cfg, repeats=repeats, device=device)
+            (med, lo, hi), extra = sweep_point(cfg, repeats=repeats, device=device, compile=compile)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            print(json.dumps({"config": "sweep", "out_of_memory": True, **point}), flush=True)
-            rows.append((f"sweep {device} T={T} B={B} n={n}", None, None, None))
+            print(json.dumps({"config": name, "out_of_memory": True, **point}), flush=True)
+            rows.append((f"{name} {device} T={T} B={B} n={n}", None, None, None))
             continue
-        report("sweep", med, lo, hi, cpp_loops=runs_cpp_loops(cfg), **memory, **point)
-        rows.append((f"sweep {device} T={T} B={B} n={n}", med, None, None))
+        report(name, med, lo, hi, cpp_loops=runs_cpp_loops(cfg, compile=compile), **extra, **point)
+        rows.append((f"{name} {device} T={T} B={B} n={n}", med, None, None))
     return rows
 
 
@@ -134,7 +147,7 @@ def main():
     parser = benchmark_parser(__doc__)
     parser.add_argument("--full", action="store_true", help="all 18 sweep points instead of a subset")
     parser.add_argument("--skip-sweep", action="store_true", help="leave out the scaling sweep")
-    parser.add_argument("--compile", action="store_true", help="also time EKFModel(compile=True)")
+    parser.add_argument("--compile", action="store_true", help="also time EKFModel(compile=True), sweep included")
     parser.add_argument("--sweep-only", action="store_true", help="only the scaling sweep")
     parser.add_argument("--sweep-devices", nargs="+", choices=["cpu", "cuda"],
                         help="where the sweep runs (default: the CPU, and CUDA when present)")
@@ -158,6 +171,8 @@ def main():
         points = SWEEP_FULL if args.full else SWEEP_DEFAULT
         for device in devices:
             rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device)
+            if args.compile:
+                rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device, compile=True)
     print("\n| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
     for name, med, ref, ops in rows:
         speedup = f"{ref / med:.1f}x" if ref else ""
