@@ -170,9 +170,8 @@ def main():
     if not args.skip_sweep:
         points = SWEEP_FULL if args.full else SWEEP_DEFAULT
         for device in devices:
-            rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device)
-            if args.compile:
-                rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device, compile=True)
+            for compile in (False, True) if args.compile else (False,):
+                rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device, compile=compile)
     print("\n| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
     for name, med, ref, ops in rows:
         speedup = f"{ref / med:.1f}x" if ref else ""

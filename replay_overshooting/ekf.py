@@ -9,6 +9,7 @@ __all__ = ['FILTER_FIELDS', 'dynamics_and_jacobian', 'observation_and_jacobian',
 
 # %% ../nbs/01_ekf.ipynb
 import functools
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -245,27 +246,50 @@ class FilterResult(NamedTuple):
 FILTER_FIELDS = ("pm", "pc", "fm", "fc", "ym", "S", "C", "A", "info")
 
 
-def _filter_steps(dynamics, observe, y, u, mask, mean, cov, Q, R, robust):
+def _check_regularizer(regularizer):
+    if not (isinstance(regularizer, (int, float)) and math.isfinite(regularizer) and regularizer >= 0):
+        raise ValueError(f"cov_regularizer must be a finite number ≥ 0 (the paper's code used 1e-3), got {regularizer!r}")
+
+
+def _regularised(cov, regularizer, where=None):
+    "`cov + ε I` `(B, n, n)`, only in the batch entries where `where` `(B,)` is True (all when None)."
+    if not regularizer:
+        return cov
+    jitter = regularizer * identity(cov.shape[-1], cov.dtype, cov.device)
+    return cov + (jitter if where is None else where[:, None, None] * jitter)
+
+
+def _filter_steps(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, regularizer=0.0):
     "The filter recursion step by step; returns the per-step quantities stacked over time (`FILTER_FIELDS`)."
     B, T, n = *y.shape[:2], mean.shape[-1]
     fields = {k: [] for k in FILTER_FIELDS}
+    cov = _regularised(cov, regularizer)
     for t in range(T):
         y_pred, C = observation_and_jacobian(observe, mean)
         fields["pm"].append(mean), fields["pc"].append(cov), fields["ym"].append(y_pred), fields["C"].append(C)
         observed = None if mask is None else mask[:, t]
         mean, cov, S, info = _update_step(mean, cov, y_pred, C, R, y[:, t], observed, robust)
+        cov = _regularised(cov, regularizer, observed)
         fields["fm"].append(mean), fields["fc"].append(cov), fields["S"].append(S), fields["info"].append(info)
         if t < T - 1:
-            mean, cov, A = propagate_belief(dynamics, mean, cov, None if u is None else u[:, t], Q)
+            mean, cov, A = _time_update(dynamics, mean, cov, None if u is None else u[:, t], Q, regularizer)
             fields["A"].append(A)
     return {k: torch.stack(v, 1) if v else y.new_zeros(B, 0, n, n) for k, v in fields.items()}
 
 
-def _filter_recursion(dynamics, observe, *args, robust):
-    "The dynamics' own fused recursion (`filter_recursion`) where it offers one for `observe`, else `_filter_steps`."
+def _time_update(dynamics, mean, cov, u, Q, regularizer):
+    "`propagate_belief` of `Σ + εI`, its covariance plus `εI` (the plain time update when ε = 0)."
+    mean, cov, A = propagate_belief(dynamics, mean, _regularised(cov, regularizer), u, Q)
+    return mean, _regularised(cov, regularizer), A
+
+
+def _filter_recursion(dynamics, observe, *args, robust, regularizer=0.0):
+    """The dynamics' own fused recursion (`filter_recursion`) where it offers one for `observe` and no covariance
+    regulariser is asked for, else `_filter_steps`."""
     fused_recursion = getattr(dynamics, "filter_recursion", None)
-    fields = fused_recursion(observe, *args, robust) if fused_recursion is not None else None
-    return fields if fields is not None else _filter_steps(dynamics, observe, *args, robust)
+    use_fused = fused_recursion is not None and not regularizer
+    fields = fused_recursion(observe, *args, robust) if use_fused else None
+    return fields if fields is not None else _filter_steps(dynamics, observe, *args, robust, regularizer)
 
 
 def ekf_filter(
@@ -280,17 +304,19 @@ def ekf_filter(
     mask: torch.Tensor | None = None,  # `(B, T)` bool, True where y is observed
     *,
     checked: bool = True,  # False: no value checks and no robust re-run; a failed factorisation NaNs its sequence
+    cov_regularizer: float = 0.0,  # ε ≥ 0 added to covariances as the paper's code does (see above); 0: exact EKF
 ) -> FilterResult:
     "Extended Kalman filter over a batch of sequences."
     B, T, n, p = _check_sequence_inputs(y, u, mask, mu0, P0, Q, R, values=checked)
+    _check_regularizer(cov_regularizer)
     Q, R = Q.expand(B, n, n), R.expand(B, p, p)
     if mask is not None:
         y = torch.where(mask[..., None], y, torch.zeros((), dtype=y.dtype, device=y.device))
     start = (dynamics, observe, y, u, mask, mu0.expand(B, n), P0.expand(B, n, n), Q, R)
-    stacked = _filter_recursion(*start, robust=False)
+    stacked = _filter_recursion(*start, robust=False, regularizer=cov_regularizer)
     failed = stacked.pop("info").gt(0).any(1)  # (B,) a factorisation of this sequence failed
     if checked and bool(failed.any()):
-        stacked = _filter_recursion(*start, robust=True)
+        stacked = _filter_recursion(*start, robust=True, regularizer=cov_regularizer)
         stacked.pop("info")
     if checked:
         log_lik = mvn_log_prob(y, stacked["ym"], stacked["S"])
@@ -401,8 +427,10 @@ def rts_smoother(
     u: torch.Tensor | None = None,  # the controls given to `ekf_filter`, `(B, T, m)`
     *,
     checked: bool = True,  # False: factorise with `cholesky_or_nan` (vmap-safe, failures give NaN)
+    cov_regularizer: float = 0.0,  # ε as given to `ekf_filter`: smoothed covariances get `+εI`, priors as its steps
 ) -> SmootherResult:
     "Rauch–Tung–Striebel smoother over the output of `ekf_filter`, plus one-step priors from the smoothed beliefs."
+    _check_regularizer(cov_regularizer)
     if not isinstance(filtered, FilterResult):
         raise ValueError(f"filtered must be the FilterResult returned by ekf_filter, got {type(filtered).__name__}")
     B, T, n = filtered.filtered_means.shape
@@ -413,7 +441,7 @@ def rts_smoother(
     fm, fc = filtered.filtered_means, filtered.filtered_covs
     pm, pc = filtered.predicted_means, filtered.predicted_covs
     if T == 1:
-        return SmootherResult(fm, fc, pm, pc, fc.new_zeros(B, 0, n, n))
+        return SmootherResult(fm, _regularised(fc, cov_regularizer), pm, pc, fc.new_zeros(B, 0, n, n))
     factorise = functools.partial(psd_cholesky, name="predicted covariance") if checked else cholesky_or_nan
     if _small_system_loops(fc) is not None and not _inside_transforms():
         gains = _NativeSmootherGains.apply(filtered.dynamics_jacobians, fc, pc, factorise(pc[:, 1:].detach()))
@@ -421,11 +449,13 @@ def rts_smoother(
         gains = _solve(pc[:, 1:], filtered.dynamics_jacobians @ fc[:, :-1], factorise).mT  # (B,T-1,n,n)
     node = _RTSRecursion if native_loops_for(fm) is None else _NativeRTSRecursion
     smoothed_means, smoothed_covs = fused(node, _rts_recursion, fm, fc, pm[:, 1:], pc[:, 1:], gains)
+    if cov_regularizer:
+        smoothed_covs = _regularised(symmetrize(smoothed_covs), cov_regularizer)
     prev_means = smoothed_means[:, :-1].reshape(B * (T - 1), n)
     prev_u = u[:, :-1].reshape(B * (T - 1), -1) if u is not None else None
     Q_rep = Q.expand(B, n, n).repeat_interleave(T - 1, 0)
     prev_covs = smoothed_covs[:, :-1].reshape(B * (T - 1), n, n)
-    next_means, next_covs, _ = propagate_belief(dynamics, prev_means, prev_covs, prev_u, Q_rep)
+    next_means, next_covs, _ = _time_update(dynamics, prev_means, prev_covs, prev_u, Q_rep, cov_regularizer)
     prior_means = torch.cat([pm[:, :1], next_means.reshape(B, T - 1, n)], 1)
     prior_covs = torch.cat([pc[:, :1], next_covs.reshape(B, T - 1, n, n)], 1)
     return SmootherResult(smoothed_means, smoothed_covs, prior_means, prior_covs, gains)
@@ -440,11 +470,11 @@ class PredictResult(NamedTuple):
     dynamics_jacobians: torch.Tensor  # (B,steps-1,n,n) A_k used for step k -> k+1
 
 
-def _rollout_steps(dynamics, mean, cov, u, Q, steps):
+def _rollout_steps(dynamics, mean, cov, u, Q, steps, regularizer=0.0):
     "`steps` beliefs `(B,steps,n)`, `(B,steps,n,n)` from `(mean, cov)` and the Jacobians `(B,steps-1,n,n)`, step by step."
     means, covs, jacobians = [mean], [cov], []
     for k in range(steps - 1):
-        mean, cov, A = propagate_belief(dynamics, mean, cov, None if u is None else u[:, k], Q)
+        mean, cov, A = _time_update(dynamics, mean, cov, None if u is None else u[:, k], Q, regularizer)
         means.append(mean), covs.append(cov), jacobians.append(A)
     B, n = mean.shape
     jacobians = torch.stack(jacobians, 1) if jacobians else mean.new_zeros(B, 0, n, n)
@@ -460,8 +490,11 @@ def ekf_predict(
     R: torch.Tensor,  # observation noise covariance `(p, p)` or `(B, p, p)`
     steps: int,  # number of beliefs returned, the given one included
     u: torch.Tensor | None = None,  # controls `(B, ≥steps-1, m)`; `u[:, k]` drives step k -> k+1
+    *,
+    cov_regularizer: float = 0.0,  # ε as given to `ekf_filter`: each time update reads `Σ + εI` and adds `εI`
 ) -> PredictResult:
     "Open-loop EKF prediction of latent and observation beliefs."
+    _check_regularizer(cov_regularizer)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int (the given belief counts as the first), got {steps!r}")
     if mu.ndim != 2 or P.shape != (*mu.shape, mu.shape[-1]):
@@ -474,8 +507,10 @@ def ekf_predict(
     if u is not None and (u.ndim != 3 or u.shape[0] != B or u.shape[1] < steps - 1):
         raise ValueError(f"u must have shape ({B}, ≥{steps - 1}, m) for {steps} steps, got {tuple(u.shape)}")
     Q = Q.expand(B, n, n)
-    rolled = dynamics.rollout(mu, P, u, Q, steps) if hasattr(dynamics, "rollout") else None
-    means, covs, jacobians = rolled if rolled is not None else _rollout_steps(dynamics, mu, P, u, Q, steps)
+    fused_rollout = hasattr(dynamics, "rollout") and not cov_regularizer
+    rolled = dynamics.rollout(mu, P, u, Q, steps) if fused_rollout else None
+    means, covs, jacobians = rolled if rolled is not None else _rollout_steps(dynamics, mu, P, u, Q, steps,
+                                                                              cov_regularizer)
     obs_means, obs_covs = observation_moments(observe, means, covs, R)
     return PredictResult(means, covs, obs_means, obs_covs, jacobians)
 

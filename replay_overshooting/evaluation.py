@@ -4,14 +4,16 @@
 
 # %% auto 0
 __all__ = ['PENDULUM_DATASETS', 'PUSH_DATASETS', 'COLUMNS', 'PUBLISHED_SETTING', 'PUBLISHED', 'PAPER_ROWS', 'PAPER_DATASETS',
-           'default_predict_steps', 'forecast_errors', 'evaluate_split', 'evaluate', 'rows_to_csv', 'rows_to_markdown',
-           'write_evaluation', 'read_evaluation', 'published_for', 'comparison_table', 'compare']
+           'default_predict_steps', 'forecast_errors', 'evaluate_split', 'hold_last_mae', 'evaluate', 'rows_to_csv',
+           'rows_to_markdown', 'write_evaluation', 'read_evaluation', 'published_for', 'comparison_table', 'compare']
 
 # %% ../nbs/09_evaluation.ipynb
 import csv
 import io
 import itertools
+import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -110,15 +112,40 @@ def evaluate_split(
         with torch.no_grad():
             for start in range(0, len(dataset), batch_size):
                 y, u = _batch_inputs(dataset, slice(start, start + batch_size), steps, model_device, dtype)
-                forecast = model.forecast(y[:, :filter_points], u, predict_steps=predict_steps,
-                                          num_samples=num_samples, generator=generator)
-                nll, abs_error = forecast_errors(forecast, y[:, filter_points:], is_image=dataset.is_image)
+                nll, abs_error = _scored(model, y, u, filter_points, predict_steps, num_samples, generator,
+                                         dataset.is_image)
                 nll_sum = nll_sum + nll.double().sum().cpu()
                 abs_sum = abs_sum + abs_error.double().sum().cpu()
     finally:
         model.train(was_training)
     count = len(dataset) * predict_steps
     return {"nll": (nll_sum / count).item(), "mae": (abs_sum / count).item()}
+
+
+def _scored(model, y, u, filter_points, predict_steps, num_samples, generator, is_image):
+    """NLL and MAE `(B, P)` of one batch's forecasts. Where a predictive covariance is not positive definite,
+    each sequence is forecast alone, and those that fail score inf, with a warning."""
+    def score(rows):
+        forecast = model.forecast(y[rows, :filter_points], None if u is None else u[rows], predict_steps=predict_steps,
+                                  num_samples=num_samples, generator=generator)
+        return forecast_errors(forecast, y[rows, filter_points:], is_image=is_image)
+    try:
+        return score(slice(None))
+    except ValueError as error:
+        if "not positive definite" not in str(error):
+            raise
+    scores, failed = [], 0
+    for b in range(y.shape[0]):
+        try:
+            scores.append(score(slice(b, b + 1)))
+        except ValueError as error:
+            if "not positive definite" not in str(error):
+                raise
+            failed += 1
+            scores.append((y.new_full((1, predict_steps), math.inf),) * 2)
+    warnings.warn(f"{failed} of {y.shape[0]} sequences have predictive covariances that are not positive definite "
+                  f"after F={filter_points}, P={predict_steps}: they score inf", RuntimeWarning)
+    return tuple(torch.cat(parts) for parts in zip(*scores))
 
 # %% ../nbs/09_evaluation.ipynb
 def _positive_ints(values, what: str) -> tuple[int, ...]:
@@ -157,6 +184,17 @@ def _resolve_source(source, dataset, *, device, name, out_dir):
         raise ValueError(f"{run_dir} is not a run directory (no config.json); pass a directory written by train()")
     model, config, test = load_run(run_dir, device=device)
     return model, dataset if dataset is not None else test, name or config.name, out_dir or run_dir
+
+# %% ../nbs/09_evaluation.ipynb
+def hold_last_mae(
+    dataset: SequenceDataset,  # test sequences `y (N, T, p)` or frames `(N, T, H, W)`
+    filter_points: int,  # F: the forecast repeats observation F-1
+    predict_steps: int,  # P
+) -> float:
+    "Mean absolute error of predicting the next P observations as the last of the first F, over all sequences."
+    _check_lengths(dataset, (filter_points,), (predict_steps,))
+    y, _ = _batch_inputs(dataset, slice(None), filter_points + predict_steps, "cpu", torch.float64)
+    return (y[:, filter_points:] - y[:, filter_points - 1:filter_points]).abs().mean().item()
 
 # %% ../nbs/09_evaluation.ipynb
 def evaluate(

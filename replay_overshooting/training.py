@@ -180,14 +180,14 @@ def _ekf_push(name, objective, alpha, epochs, **model_options):
     return ExperimentConfig(
         name=name, dataset="mit_push", model="ekf", objective=objective, alpha=alpha, beta=1.0, lr=5e-3,
         lr_schedule="lr5", epochs=epochs, batch_size=16, grad_clip=100.0, ramp=200, burn_in=100, kl_anneal=1000,
-        model_options={"latent_dim": 8, **model_options})
+        model_options={"latent_dim": 8, "noise": "factor_diagonal", **model_options})
 
 
 def _ekf_pend_img(name, objective, alpha, lr_schedule, ramp, **model_options):
     return ExperimentConfig(
         name=name, dataset="pendulum_images", model="image_ekf", objective=objective, alpha=alpha, beta=2.0, lr=1e-3,
         lr_schedule=lr_schedule, epochs=3, batch_size=4, ramp=ramp, burn_in=100, kl_anneal=1000,
-        model_options={"latent_dim": 3, "obs_dim": 2, **model_options})
+        model_options={"latent_dim": 3, "obs_dim": 2, "noise": "factor_diagonal", **model_options})
 
 
 def _baseline(name, dataset, kind, lr_schedule, epochs, batch_size, grad_clip, **model_options):
@@ -199,7 +199,8 @@ def _baseline(name, dataset, kind, lr_schedule, epochs, batch_size, grad_clip, *
 def _paper_experiments() -> dict:
     experiments = [
         ExperimentConfig(name="example", dataset="vdp", model="ekf", objective="vro", alpha=0.5, beta=1.0, lr=5e-3,
-                         lr_schedule="lr1", epochs=5, batch_size=8, model_options={"latent_dim": 2, "hidden": 32}),
+                         lr_schedule="lr1", epochs=5, batch_size=8, ramp=100,
+                         model_options={"latent_dim": 2, "hidden": 32, "noise": "factor_diagonal"}),
         _ekf_push("dt_ekf_push", "lro", 0.5, 200),
         _ekf_push("dt_ekf_push_nop", "none", 1.0, 200),
         _ekf_push("ct_ekf_push", "lro", 0.5, 50, dynamics="continuous", dt=0.01),
@@ -318,8 +319,9 @@ def _draw_batch(dataset, config, iteration, per_epoch, length, rank=0, world=1):
     "The batch of `iteration`: a function of `(seed, epoch)` (which sequences) and `(seed, iteration)` (which windows)."
     epoch, position = divmod(iteration, per_epoch)
     order = torch.randperm(len(dataset), generator=_seeded(config.seed, epoch))
-    indices = order[position * config.batch_size:(position + 1) * config.batch_size][rank::world]
-    return dataset.window_batch(indices, length, generator=_seeded(config.seed, epoch, iteration))
+    indices = order[position * config.batch_size:(position + 1) * config.batch_size]
+    batch = dataset.window_batch(indices, length, generator=_seeded(config.seed, epoch, iteration))
+    return {key: value[rank::world] for key, value in batch.items()}  # each rank's share of the same windows
 
 
 def _save_atomic(obj, path: Path) -> None:

@@ -42,7 +42,8 @@ def test_falls_back_with_a_warning_without_a_compiler(tmp_path):
         os.utime(lock, (time.time() - 3600, time.time() - 3600))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            filtered = EKFModel(2, 2, 1, hidden=4, layers=1).filter(torch.randn(3, 4, 2), torch.randn(3, 4, 1))
+            model = EKFModel(2, 2, 1, hidden=4, dynamics_layers=1, observation_layers=1)
+            filtered = model.filter(torch.randn(3, 4, 2), torch.randn(3, 4, 1))
             filtered.log_likelihoods.sum().backward()
         print(json.dumps({
             "warnings": [str(w.message) for w in caught if w.category is native.NativeLoopsWarning],

@@ -23,7 +23,7 @@ def run(name: str, out: Path, **parameters) -> str:
     return stdout_of(out)
 
 
-@pytest.mark.parametrize("name", ["train.ipynb", "evaluate.ipynb"])
+@pytest.mark.parametrize("name", ["train.ipynb", "evaluate.ipynb", "reproduce.ipynb"])
 def test_parameters_cell_is_tagged(name):
     cells = json.loads((NBS / name).read_text())["cells"]
     tagged = [cell for cell in cells if "parameters" in cell["metadata"].get("tags", [])]
@@ -74,3 +74,12 @@ def test_missing_push_data_says_how_to_use_push_sim(tmp_path):
     assert "DatasetNotFoundError" in message and "kloss_train0.hdf5" in message
     assert "-p dataset push_sim" in message
     assert not (tmp_path / "runs").exists()  # stopped before any training
+
+
+def test_reproduce_notebook_writes_a_study(tmp_path):
+    printed = run("reproduce.ipynb", tmp_path / "reproduce_out.ipynb", study="vdp", seeds="[0]", variants='["example"]',
+                  max_iterations=2, out_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "data"))
+    study = tmp_path / "results" / "vdp"
+    assert (study / "runs" / "example_seed0.csv").is_file() and (study / "configs" / "example.json").is_file()
+    assert "| VRO-EKF (`example`) | 1 |" in printed and "hold-last baseline" in printed
+    assert "study vdp: seeds [0], variants ['example'], max_iterations 2" in printed

@@ -12,7 +12,7 @@ from replay_overshooting.objectives import OBJECTIVES, get_objective, lro, no_ov
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    model = EKFModel(2, 2, 1, hidden=6, layers=2, noise="full").double()
+    model = EKFModel(2, 2, 1, hidden=6, dynamics_layers=2, observation_layers=2, noise="full").double()
     with torch.no_grad():  # move the noise away from its initial value so every matrix matters
         for p in (model.initial_mean, model.initial_cov.lower, model.dynamics_cov.lower, model.obs_cov.lower):
             p.normal_(0, 0.3)
