@@ -15,7 +15,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch.func import jacrev, vmap
 
-from .gaussian import _inside_transforms, _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize
+from .gaussian import (
+    NotPositiveDefiniteError, _inside_transforms, _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize)
 from .gaussian import _small_system_loops
 from .native import native_loops, native_loops_for
 
@@ -73,7 +74,7 @@ def _check_matrix(M, size, batch, name, dtype, values):
         if asymmetry > 1e-6 * M.abs().amax().clamp_min(1.0):
             raise ValueError(f"{name} is not symmetric (max |{name} - {name}ᵀ| = {asymmetry:.2e}); pass (M + M.mT) / 2")
         if bool((torch.linalg.cholesky_ex(M).info > 0).any()):
-            raise ValueError(f"{name} is not positive definite; parameterise it as L Lᵀ + εI")
+            raise NotPositiveDefiniteError(f"{name} is not positive definite; parameterise it as L Lᵀ + εI")
 
 
 def _check_sequence_inputs(y, u, mask, mu0, P0, Q, R, values=True):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .data import SequenceDataset
-from .gaussian import mvn_log_prob
+from .gaussian import NotPositiveDefiniteError, mvn_log_prob
 from .image_models import NUM_GREY_LEVELS, image_nll
 from .models import Forecast
 from .training import atomic_write_text, load_run
@@ -125,24 +125,19 @@ def evaluate_split(
 def _scored(model, y, u, filter_points, predict_steps, num_samples, generator, is_image):
     """NLL and MAE `(B, P)` of one batch's forecasts. Where a predictive covariance is not positive definite,
     each sequence is forecast alone, and those that fail score inf, with a warning."""
-    def score(rows):
-        forecast = model.forecast(y[rows, :filter_points], None if u is None else u[rows], predict_steps=predict_steps,
-                                  num_samples=num_samples, generator=generator)
-        return forecast_errors(forecast, y[rows, filter_points:], is_image=is_image)
-    try:
-        return score(slice(None))
-    except ValueError as error:
-        if "not positive definite" not in str(error):
-            raise
-    scores, failed = [], 0
-    for b in range(y.shape[0]):
+    def score(rows):  # (NLL, MAE) of the sequences `rows`, or None where a covariance could not be factorised
         try:
-            scores.append(score(slice(b, b + 1)))
-        except ValueError as error:
-            if "not positive definite" not in str(error):
-                raise
-            failed += 1
-            scores.append((y.new_full((1, predict_steps), math.inf),) * 2)
+            forecast = model.forecast(y[rows, :filter_points], None if u is None else u[rows],
+                                      predict_steps=predict_steps, num_samples=num_samples, generator=generator)
+        except NotPositiveDefiniteError:
+            return None
+        return forecast_errors(forecast, y[rows, filter_points:], is_image=is_image)
+    whole = score(slice(None))
+    if whole is not None:
+        return whole
+    scores = [score(slice(b, b + 1)) for b in range(y.shape[0])]
+    failed = sum(s is None for s in scores)
+    scores = [(y.new_full((1, predict_steps), math.inf),) * 2 if s is None else s for s in scores]
     warnings.warn(f"{failed} of {y.shape[0]} sequences have predictive covariances that are not positive definite "
                   f"after F={filter_points}, P={predict_steps}: they score inf", RuntimeWarning)
     return tuple(torch.cat(parts) for parts in zip(*scores))
@@ -233,12 +228,12 @@ COLUMNS = ("name", "dataset", "filter_points", "predict_steps", "nll", "mae", "n
 _COLUMN_TYPES = {"filter_points": int, "predict_steps": int, "num_sequences": int, "nll": float, "mae": float}
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    "Evaluation rows as CSV text with the `COLUMNS` header."
+def rows_to_csv(rows: list[dict], columns: tuple = COLUMNS) -> str:
+    "Rows as CSV text with a header of `columns` (default: the evaluation `COLUMNS`), quoted where needed."
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({key: row[key] for key in COLUMNS} for row in rows)
+    writer.writerows({key: row[key] for key in columns} for row in rows)
     return buffer.getvalue()
 
 

@@ -330,7 +330,7 @@ class PositiveDefinite(nn.Module):
         dim: int,
         *,
         initial_variance: float = 1.0,  # the matrix starts as `initial_variance * I`
-        structure: str = "factor_diagonal",  # one of `NOISE_STRUCTURES`: "factor_diagonal", "diagonal", "full"
+        structure: str = "diagonal",  # one of `NOISE_STRUCTURES`: "factor_diagonal", "diagonal", "full"
         learn: bool = True,  # False keeps it fixed at its initial value
         floor: float = 1e-6,  # ε added to the diagonal
     ):

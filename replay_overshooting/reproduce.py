@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .data import load_dataset
-from .evaluation import PUBLISHED, evaluate, hold_last_mae
+from .evaluation import PUBLISHED, evaluate, hold_last_mae, rows_to_csv
+from .gaussian import NotPositiveDefiniteError
 from .plots import read_metrics, smooth_curve
 from .training import EXPERIMENTS, ExperimentConfig, atomic_write_text, get_experiment, train
 
@@ -66,11 +67,21 @@ def _ekf(key: str, label: str, experiment: str, paper_row: str | None = None, **
     return Variant(key, label, experiment, _paper_init(experiment, **changes), paper_row)
 
 
-def _ekf_variants(experiment: str, replay_label: str) -> list:
-    "The SRO, S-EKF and registered-objective (VRO or LRO) rows of one registered DT-EKF experiment."
-    return [_ekf(f"sro_{experiment}", "SRO-EKF", f"sro_{experiment}", "SRO-EKF"),
-            _ekf(f"s_ekf_{experiment}", "S-EKF (no replay)", f"s_ekf_{experiment}", "S-EKF (no replay)"),
-            _ekf(experiment, replay_label, experiment, "VRO-EKF")]
+def _table_ii_variants(dt_ekf: str, no_replay: str, ct_ekf: str, le_ekf: str, baselines: str, replay: str) -> tuple:
+    """The rows of Table II on one data set: the DT-EKF with SRO, S-EKF and its registered replay objective
+    (`replay`, "VRO" or "LRO"), its no-replay twin, CT- and LE-EKF, PlaNet without and with observation
+    overshooting, and GSSM (`planet_<baselines>`, `oo_planet_<baselines>`, `gssm_<baselines>`)."""
+    return (_ekf(f"sro_{dt_ekf}", "SRO-EKF", f"sro_{dt_ekf}", "SRO-EKF"),
+            _ekf(f"s_ekf_{dt_ekf}", "S-EKF (no replay)", f"s_ekf_{dt_ekf}", "S-EKF (no replay)"),
+            _ekf(dt_ekf, f"{replay}-EKF", dt_ekf, "VRO-EKF"),
+            _ekf(no_replay, "V-EKF (no replay)", no_replay, "V-EKF (no replay)"),
+            _ekf(ct_ekf, f"CT-EKF ({replay})", ct_ekf),
+            _ekf(le_ekf, f"LE-EKF ({replay})", le_ekf),
+            Variant(f"planet_{baselines}", "PlaNet, no overshooting", f"planet_{baselines}",
+                    paper_row="PlaNet, no overshooting"),
+            Variant(f"oo_planet_{baselines}", "PlaNet, observation overshooting", f"oo_planet_{baselines}",
+                    paper_row="PlaNet, overshooting"),
+            Variant(f"gssm_{baselines}", "GSSM", f"gssm_{baselines}"))
 
 
 _VDP_MODEL = {"latent_dim": 2, "hidden": 32, "noise": "factor_diagonal", "init": "kaiming_fan_out"}
@@ -85,25 +96,12 @@ STUDIES = {study.name: study for study in (
         filter_points=(5,), predict_steps=(20, 50), paper_setting=(5, 50), paper_dataset="vdp",
         notes=("The paper does not state the horizon of its Van der Pol MAE; its code evaluates after F = 5 "
                "filtered points with P = 50 predicted steps, where the paper's numbers are shown.",)),
-    Study("pendulum_images", "pendulum_images", (
-        *_ekf_variants("dt_ekf_kvae_pend_img", "VRO-EKF"),
-        _ekf("dt_ekf_kvae_nop_pend_img", "V-EKF (no replay)", "dt_ekf_kvae_nop_pend_img", "V-EKF (no replay)"),
-        _ekf("ct_ekf_kvae_pend_img", "CT-EKF (VRO)", "ct_ekf_kvae_pend_img"),
-        _ekf("le_ekf_kvae_pend_img", "LE-EKF (VRO)", "le_ekf_kvae_pend_img"),
-        Variant("planet_pend_img", "PlaNet, no overshooting", "planet_pend_img", paper_row="PlaNet, no overshooting"),
-        Variant("oo_planet_pend_img", "PlaNet, observation overshooting", "oo_planet_pend_img",
-                paper_row="PlaNet, overshooting"),
-        Variant("gssm_pend_img", "GSSM", "gssm_pend_img")),
+    Study("pendulum_images", "pendulum_images", _table_ii_variants(
+        "dt_ekf_kvae_pend_img", "dt_ekf_kvae_nop_pend_img", "ct_ekf_kvae_pend_img", "le_ekf_kvae_pend_img", "pend_img",
+        "VRO"),
         filter_points=(5,), predict_steps=(20, 50), paper_setting=(5, 20), paper_dataset="pendulum_images"),
-    Study("push_sim", "push_sim", (
-        *_ekf_variants("dt_ekf_push", "LRO-EKF"),
-        _ekf("dt_ekf_push_nop", "V-EKF (no replay)", "dt_ekf_push_nop", "V-EKF (no replay)"),
-        _ekf("ct_ekf_push", "CT-EKF (LRO)", "ct_ekf_push"),
-        _ekf("le_ekf_push", "LE-EKF (LRO)", "le_ekf_push"),
-        Variant("planet_push", "PlaNet, no overshooting", "planet_push", paper_row="PlaNet, no overshooting"),
-        Variant("oo_planet_push", "PlaNet, observation overshooting", "oo_planet_push",
-                paper_row="PlaNet, overshooting"),
-        Variant("gssm_push", "GSSM", "gssm_push")),
+    Study("push_sim", "push_sim", _table_ii_variants(
+        "dt_ekf_push", "dt_ekf_push_nop", "ct_ekf_push", "le_ekf_push", "push", "LRO"),
         filter_points=(5,), predict_steps=(20, 25), paper_setting=(5, 20), paper_dataset="mit_push",
         notes=(_PUSH_NOTE, "Under a cap on iterations the curriculum min(i // 200 + 2, 50) stops early: after "
                "2,000 iterations the training windows are 12 steps long, not the paper's 50.",
@@ -143,11 +141,6 @@ RUN_COLUMNS = ("study", "variant", "label", "seed", "filter_points", "predict_st
                "iterations", "train_seconds", "eval_seconds")
 
 
-def _write_rows(path: Path, rows: list) -> None:
-    lines = [",".join(RUN_COLUMNS)] + [",".join(str(row[c]) for c in RUN_COLUMNS) for row in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
 def read_runs(path: str | Path) -> list:
     "The rows of a run CSV written by `run_one`, with numbers as numbers."
     with Path(path).open(newline="") as handle:
@@ -172,22 +165,21 @@ def run_one(study: Study, variant: Variant, seed: int, *, out_dir: str | Path = 
         config.save(config_path)
     try:
         train(config, resume=(run_dir / "checkpoint.pt").exists(), progress=progress, run_dir=run_dir)
-        tic = time.process_time()
-        rows = evaluate(run_dir, filter_points=study.filter_points, predict_steps=study.predict_steps,
-                        name=variant.key)
-        eval_seconds = time.process_time() - tic
-    except ValueError as error:  # the filter failed in training: a covariance stopped being positive definite
-        if "positive definite" not in str(error):
-            raise
+    except NotPositiveDefiniteError as error:  # the filter failed in training
         warnings.warn(f"{variant.key} seed {seed} diverged: {error}", RuntimeWarning)
         rows = [{"filter_points": F, "predict_steps": P, "nll": math.inf, "mae": math.inf, "num_sequences": 0}
                 for F in study.filter_points for P in study.predict_steps]
         eval_seconds = 0.0
+    else:
+        tic = time.process_time()
+        rows = evaluate(run_dir, filter_points=study.filter_points, predict_steps=study.predict_steps,
+                        name=variant.key)
+        eval_seconds = time.process_time() - tic
     metrics = read_metrics(run_dir)
     rows = [{**row, "study": study.name, "variant": variant.key, "label": variant.label, "seed": seed,
              "iterations": len(metrics["iteration"]), "train_seconds": float(np.nansum(metrics["seconds"])),
              "eval_seconds": eval_seconds} for row in rows]
-    _write_rows(result_path, rows)
+    atomic_write_text(result_path, rows_to_csv(rows, RUN_COLUMNS))
     return rows
 
 # %% ../nbs/12_reproduce.ipynb
@@ -234,10 +226,10 @@ def study_table(study: Study, *, out_dir: str | Path = "results", data_dir: str 
                 lines.append(f"| {variant.label} (`{variant.key}`) | {len(mine)} | {_mean_std([r['nll'] for r in mine])} "
                              f"| {_mean_std([r['mae'] for r in mine])} | {paper_nll} | {paper_mae} |")
             lines += [f"| hold-last baseline | — | — | {hold_last_mae(test_set, F, P):.3g} | | |", ""]
-    train_hours = sum(r["train_seconds"] for r in rows if (r["filter_points"], r["predict_steps"]) ==
-                      (study.filter_points[0], study.predict_steps[0])) / 3600
-    eval_hours = sum({(r["variant"], r["seed"]): r["eval_seconds"] for r in rows}.values()) / 3600
-    runs = len({(r["variant"], r["seed"]) for r in rows})
+    per_run = {(r["variant"], r["seed"]): r for r in rows}  # the seconds repeat on every (F, P) row of a run
+    train_hours = sum(r["train_seconds"] for r in per_run.values()) / 3600
+    eval_hours = sum(r["eval_seconds"] for r in per_run.values()) / 3600
+    runs = len(per_run)
     budget_path = Path(out_dir) / study.name / "study.json"
     budget = json.loads(budget_path.read_text()).get("max_iterations") if budget_path.exists() else None
     budget_text = "the paper's schedule" if budget is None else f"at most {budget} iterations per run"
