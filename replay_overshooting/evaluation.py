@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .data import SequenceDataset
 from .gaussian import NotPositiveDefiniteError, mvn_log_prob
@@ -46,10 +47,16 @@ def _check_forecast(forecast: Forecast, truth: torch.Tensor, is_image: bool) -> 
         raise ValueError(f"forecast samples must have shape (S, *{tuple(truth.shape)}), got {shape}; "
                          "call forecast with num_samples >= 1")
     if is_image:
+        if forecast.frame_nll is not None:
+            if forecast.frame_nll.shape != truth.shape[:2]:
+                raise ValueError(f"an image forecast's frame_nll must have shape {tuple(truth.shape[:2])}, "
+                                 f"got {tuple(forecast.frame_nll.shape)}")
+            return
         expected = (*truth.shape, NUM_GREY_LEVELS)
         got = None if forecast.pixel_log_probs is None else tuple(forecast.pixel_log_probs.shape)
         if got != expected:
-            raise ValueError(f"an image forecast needs pixel_log_probs of shape {expected}, got {got}")
+            raise ValueError(f"an image forecast needs frame_nll {tuple(truth.shape[:2])} or pixel_log_probs of "
+                             f"shape {expected}, got {got}")
         return
     p = truth.shape[-1]
     got = (None if forecast.mean is None else tuple(forecast.mean.shape),
@@ -67,7 +74,7 @@ def forecast_errors(
     "Per-sequence, per-step negative log-likelihood and mean absolute sample error of a forecast."
     _check_forecast(forecast, truth, is_image)
     if is_image:
-        nll = image_nll(forecast.pixel_log_probs, truth)
+        nll = forecast.frame_nll if forecast.frame_nll is not None else image_nll(forecast.pixel_log_probs, truth)
     else:
         nll = -mvn_log_prob(truth, forecast.mean, forecast.cov)
     abs_error = (forecast.samples - truth).abs().mean(0).flatten(2).mean(-1)
@@ -91,7 +98,7 @@ def _batch_inputs(dataset: SequenceDataset, rows: slice, steps: int, device, dty
 
 
 def evaluate_split(
-    model: nn.Module,  # has `forecast(y, u, *, predict_steps, num_samples, generator) -> Forecast`
+    model: nn.Module,  # `forecast(y, u, *, predict_steps, num_samples, generator) -> Forecast`; images: `score_frames` too
     dataset: SequenceDataset,  # test sequences `y (N, T, p)` or frames `(N, T, H, W)`, controls `u (N, T, m)`
     *,
     filter_points: int,  # F
@@ -100,6 +107,7 @@ def evaluate_split(
     seed: int = 0,
     batch_size: int = 32,
     device: str | torch.device = "cpu",  # only used when the model has no parameters or buffers
+    progress: bool = False,  # show a progress bar over the batches
 ) -> dict:  # {"nll": float, "mae": float}
     "Mean NLL and sample MAE of the P-step forecasts after filtering on F points, over all sequences."
     model_device, dtype = _placement(model, device)
@@ -110,7 +118,8 @@ def evaluate_split(
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
+            starts = range(0, len(dataset), batch_size)
+            for start in tqdm(starts, desc=f"F={filter_points} P={predict_steps}", unit="batch", disable=not progress):
                 y, u = _batch_inputs(dataset, slice(start, start + batch_size), steps, model_device, dtype)
                 nll, abs_error = _scored(model, y, u, filter_points, predict_steps, num_samples, generator,
                                          dataset.is_image)
@@ -126,9 +135,11 @@ def _scored(model, y, u, filter_points, predict_steps, num_samples, generator, i
     """NLL and MAE `(B, P)` of one batch's forecasts. Where a predictive covariance is not positive definite,
     each sequence is forecast alone, and those that fail score inf, with a warning."""
     def score(rows):  # (NLL, MAE) of the sequences `rows`, or None where a covariance could not be factorised
+        scoring = {"score_frames": y[rows, filter_points:]} if is_image else {}  # image models score only the truth
         try:
             forecast = model.forecast(y[rows, :filter_points], None if u is None else u[rows],
-                                      predict_steps=predict_steps, num_samples=num_samples, generator=generator)
+                                      predict_steps=predict_steps, num_samples=num_samples, generator=generator,
+                                      **scoring)
         except NotPositiveDefiniteError:
             return None
         return forecast_errors(forecast, y[rows, filter_points:], is_image=is_image)
@@ -200,8 +211,9 @@ def evaluate(
     predict_steps: int | tuple | None = None,  # P: default `default_predict_steps(dataset.name)`
     num_samples: int = 100,  # predictive samples per sequence and step
     seed: int = 0,  # seeds the predictive samples of each (F, P)
-    batch_size: int = 32,  # sequences forecast at once; bounds memory (images: (batch, P, H, W, 256) log-probabilities)
+    batch_size: int = 32,  # sequences forecast at once; bounds memory
     device: str = "cpu",  # where a run directory's model is loaded (a module stays where it is)
+    progress: bool = False,  # show a progress bar per (F, P)
     out_dir: str | os.PathLike | None = None,  # write evaluation.csv/.md here; default: the run directory
     name: str | None = None,  # row name; default: the run's config name, or the module's class name
 ) -> list[dict]:  # one row per (F, P): name, dataset, filter_points, predict_steps, nll, mae, num_sequences
@@ -216,7 +228,7 @@ def evaluate(
     rows = []
     for F, P in itertools.product(filter_points, predict_steps):
         scores = evaluate_split(model, dataset, filter_points=F, predict_steps=P, num_samples=num_samples, seed=seed,
-                                batch_size=batch_size, device=device)
+                                batch_size=batch_size, device=device, progress=progress)
         rows.append({"name": name, "dataset": dataset.name, "filter_points": F, "predict_steps": P, **scores,
                      "num_sequences": len(dataset)})
     if out_dir is not None:

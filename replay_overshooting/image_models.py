@@ -4,7 +4,7 @@
 
 # %% auto 0
 __all__ = ['NUM_GREY_LEVELS', 'grey_levels', 'image_nll', 'sample_image', 'expected_image', 'pixel_categorical_nll',
-           'conv_stages', 'ImageEncoder', 'ImageDecoder', 'ImageEKFModel']
+           'pixel_mixture', 'frame_mixture', 'conv_stages', 'ImageEncoder', 'ImageDecoder', 'ImageEKFModel']
 
 # %% ../nbs/06_image_models.ipynb
 import math
@@ -131,6 +131,69 @@ def pixel_categorical_nll(
     return flat.view(levels.shape)
 
 # %% ../nbs/06_image_models.ipynb
+_MIXTURE_ROWS = 4096  # sample-pixel rows of logits per block in `pixel_mixture`
+_DECODE_FRAMES = 512  # frames decoded at once by `frame_mixture`
+
+
+def pixel_mixture(
+    features: torch.Tensor,  # per-pixel features of S samples `(S, N, C)`
+    weight: torch.Tensor,  # `(256, C)` per-pixel linear map to grey-level logits
+    bias: torch.Tensor,  # `(256,)`
+    levels: torch.Tensor | None = None,  # observed grey levels `(N,)`, int64: score these instead of all 256
+) -> tuple[torch.Tensor, torch.Tensor]:  # mixture log-probs `(N, 256)` (`(N,)` at `levels`), mean intensity `(S, N)`
+    "Log-probabilities of the equal-weight mixture of the S categoricals `softmax(W h_s + b)` per pixel, and each sample's mean intensity."
+    S, N, C = features.shape
+    if weight.shape != (NUM_GREY_LEVELS, C) or bias.shape != (NUM_GREY_LEVELS,):
+        raise ValueError(f"need weight ({NUM_GREY_LEVELS}, {C}) and bias ({NUM_GREY_LEVELS},) for features (S, N, {C}); "
+                         f"got {tuple(weight.shape)} and {tuple(bias.shape)}")
+    if levels is not None and (levels.shape != (N,) or levels.dtype != torch.int64):
+        raise ValueError(f"levels must be int64 of shape ({N},), got {levels.dtype} {tuple(levels.shape)}")
+    grey = torch.arange(NUM_GREY_LEVELS, dtype=features.dtype, device=features.device) / (NUM_GREY_LEVELS - 1)
+    pixels_first = torch.cat([features, features.new_ones(S, N, 1)], -1).transpose(0, 1).contiguous()  # (N,S,C+1)
+    weight_t = torch.cat([weight, bias[:, None]], -1).T  # bias folded into the product
+    means = features.new_empty(N, S)
+    mixed = features.new_empty(N) if levels is not None else features.new_empty(N, NUM_GREY_LEVELS)
+    block = max(1, _MIXTURE_ROWS // S)
+    for start in range(0, N, block):
+        rows = slice(start, start + block)
+        n = pixels_first[rows].shape[0]
+        logits = (pixels_first[rows].view(n * S, C + 1) @ weight_t).view(n, S, NUM_GREY_LEVELS)
+        if levels is None:
+            log_probs = logits.log_softmax(-1)
+            means[rows] = log_probs.exp() @ grey
+            mixed[rows] = log_probs.logsumexp(1)
+            continue
+        top = logits.amax(-1, keepdim=True)
+        observed = logits.gather(-1, levels[rows, None, None].expand(n, S, 1)).squeeze(-1)
+        unnormalised = logits.sub_(top).exp_()
+        total = unnormalised.sum(-1)
+        means[rows] = (unnormalised @ grey) / total
+        mixed[rows] = (observed - top.squeeze(-1) - total.log()).logsumexp(1)
+    return mixed - math.log(S), means.T
+
+
+def frame_mixture(
+    decode,  # `decode(rows)`: per-pixel features `(S, k, H, W, C)` of the S samples of frames `rows` (a slice of N)
+    num_samples: int,  # S
+    num_frames: int,  # N frames to predict
+    weight: torch.Tensor,  # `(256, C)`
+    bias: torch.Tensor,  # `(256,)`
+    levels: torch.Tensor | None = None,  # observed frames as grey levels `(N, H, W)`, int64, to score
+) -> tuple[torch.Tensor, torch.Tensor]:  # log-probs `(N, H, W, 256)` (`(N, H, W)` at `levels`), mean frames `(S, N, H, W)`
+    "`pixel_mixture` of N frames whose S samples `decode` turns into per-pixel features, a few frames at a time."
+    mixed, means = [], []
+    step = max(1, _DECODE_FRAMES // num_samples)
+    for start in range(0, num_frames, step):
+        rows = slice(start, start + step)
+        features = decode(rows)
+        S, k, H, W, C = features.shape
+        observed = None if levels is None else levels[rows].reshape(-1)
+        log_probs, mean = pixel_mixture(features.reshape(S, k * H * W, C), weight, bias, observed)
+        mixed.append(log_probs.view(k, H, W, *log_probs.shape[1:]))
+        means.append(mean.view(S, k, H, W))
+    return torch.cat(mixed), torch.cat(means, 1)
+
+# %% ../nbs/06_image_models.ipynb
 def conv_stages(image_size: int) -> int:
     "Number of stride-2 stages between a square `image_size` frame (a power of two, at least 8) and 4×4 maps."
     stages = round(math.log2(image_size)) - 2 if isinstance(image_size, int) and image_size > 0 else -1
@@ -248,7 +311,12 @@ class ImageDecoder(nn.Module):
         return pixel_categorical_nll(features, self.levels.weight, self.levels.bias, levels).sum((-2, -1))
 
 # %% ../nbs/06_image_models.ipynb
-_DECODE_FRAMES = 512  # frames decoded at once when mixing forecast samples
+def _score_levels(frames, batch, steps, size):
+    "Grey levels `(B, P, H, W)` of the true frames a forecast is asked to score, checked against its shape."
+    if not isinstance(frames, torch.Tensor) or tuple(frames.shape) != (batch, steps, size, size):
+        raise ValueError(f"score_frames must be the true next frames of shape {(batch, steps, size, size)}, "
+                         f"got {getattr(frames, 'shape', None)}")
+    return grey_levels(frames)
 
 
 def _mean_over(values, mask):
@@ -378,20 +446,27 @@ class ImageEKFModel(nn.Module):
         mean, _ = self.encode(self._frames(images, mask), condition)
         return self.ekf.smooth(mean, u, mask)
 
-    def _mixture(self, a_samples, condition):
-        "Decode `(S,B,P,p)` samples: mixture log-probabilities `(B,P,H,W,256)` and mean frames `(S,B,P,H,W)`."
+    def _mixture(self, a_samples, condition, levels=None):
+        """Decode `(S,B,P,p)` samples: mixture log-probabilities `(B,P,H,W,256)` (or `(B,P,H,W)` at grey
+        `levels` `(B,P,H,W)`) and mean frames `(S,B,P,H,W)`."""
         S, B, P, p = a_samples.shape
-        chunk = max(1, _DECODE_FRAMES // (B * P))
-        log_mixture, mean_frames = None, []
-        for start in range(0, S, chunk):
-            block = a_samples[start:start + chunk]
-            k = block.shape[0]
-            logits = self.decode(block.transpose(0, 1).reshape(B, k * P, p), condition)
-            log_probs = logits.view(B, k, P, *logits.shape[2:]).log_softmax(-1)
-            mean_frames.append(expected_image(log_probs).transpose(0, 1))
-            block_lse = log_probs.logsumexp(1)
-            log_mixture = block_lse if log_mixture is None else torch.logaddexp(log_mixture, block_lse)
-        return log_mixture - math.log(S), torch.cat(mean_frames, 0)
+        frames = a_samples.reshape(S, B * P, p)
+        frame_condition = None if condition is None else condition.repeat_interleave(P, 0)  # (B*P, cond_dim)
+
+        def decode(rows):
+            a = frames[:, rows]
+            k = a.shape[1]
+            cond = None if frame_condition is None else frame_condition[rows].repeat(S, 1)
+            return self.decoder.pixel_features(a.reshape(S * k, p), cond).view(S, k, *self.decoder_shape)
+
+        log_probs, means = frame_mixture(decode, S, B * P, self.decoder.levels.weight, self.decoder.levels.bias,
+                                         None if levels is None else levels.flatten(0, 1))
+        return log_probs.view(B, P, *log_probs.shape[1:]), means.view(S, B, P, *means.shape[2:])
+
+    @property
+    def decoder_shape(self) -> tuple[int, int, int]:
+        "`(H, W, C)` of the decoder's per-pixel features."
+        return (self.image_size, self.image_size, self.decoder.levels.in_features)
 
     def forecast(
         self,
@@ -402,11 +477,17 @@ class ImageEKFModel(nn.Module):
         num_samples: int = 100,  # S latent samples decoded per predicted step
         generator: torch.Generator | None = None,
         condition: torch.Tensor | None = None,  # `(B, cond_dim)`
+        score_frames: torch.Tensor | None = None,  # the true next frames `(B, P, H, W)`, to score instead
     ) -> Forecast:
-        "Predict the next P frames: `a_t` Gaussians `(B,P,p)`, `(B,P,p,p)`, pixel predictive and S mean frames."
+        """Predict the next P frames: `a_t` Gaussians `(B,P,p)`, `(B,P,p,p)`, S mean frames, and the pixel
+        predictive `(B,P,H,W,256)`, or, given `score_frames`, only their NLL `frame_nll` `(B,P)`."""
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int (the pixel predictive mixes them), got {num_samples!r}")
         mean, _ = self.encode(self._frames(images), condition)
         latent = self.ekf.forecast(mean, u, predict_steps=predict_steps, num_samples=num_samples, generator=generator)
-        pixel_log_probs, mean_frames = self._mixture(latent.samples, condition)
-        return Forecast(latent.mean, latent.cov, mean_frames, pixel_log_probs)
+        levels = None if score_frames is None else _score_levels(score_frames, mean.shape[0], predict_steps,
+                                                                 self.image_size)
+        log_probs, mean_frames = self._mixture(latent.samples, condition, levels)
+        if levels is not None:
+            return Forecast(latent.mean, latent.cov, mean_frames, frame_nll=-log_probs.sum((-2, -1)))
+        return Forecast(latent.mean, latent.cov, mean_frames, log_probs)

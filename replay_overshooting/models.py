@@ -740,6 +740,7 @@ class Forecast(NamedTuple):
     cov: torch.Tensor | None  # (B,P,p,p) its covariance
     samples: torch.Tensor | None  # (S,B,P,...) sampled observations
     pixel_log_probs: torch.Tensor | None = None  # (B,P,H,W,256) per-pixel categorical predictive, image models
+    frame_nll: torch.Tensor | None = None  # (B,P) NLL of the true frames an image forecast was asked to score
 
 
 _DYNAMICS = ("discrete", "continuous", "ensemble")
