@@ -37,5 +37,6 @@ setuptools.setup(
     install_requires=requirements,
     extras_require={"dev": dev_requirements, "tensorboard": ["tensorboard"]},
     include_package_data=True,
+    package_data={cfg["lib_path"]: ["csrc/*.h", "csrc/*.cpp"]},
     zip_safe=False,
 )

@@ -4,18 +4,7 @@ import pytest
 import torch
 
 from replay_overshooting.models import EKFModel
-from replay_overshooting.native import native_loops, use_native_loops
 from replay_overshooting.objectives import sro, vro
-
-
-@pytest.fixture(params=["cpp_recursions", "python_recursions"])
-def recursions(request):
-    "Which recursions run: the C++ loops (skipped where they are not built) or the Python ones."
-    if request.param == "cpp_recursions" and native_loops() is None:
-        pytest.skip("the C++ extension is not built here")
-    previous = use_native_loops(request.param == "cpp_recursions")
-    yield request.param
-    use_native_loops(previous)
 
 
 def node_names(model, y, u):
@@ -28,7 +17,7 @@ def node_names(model, y, u):
     return [type(t.grad_fn).__name__ for t in (filtered.predicted_means, time_update, observation)]
 
 
-def test_compiled_kernels_match_eager(recursions):
+def test_compiled_kernels_match_eager(backend):
     torch.manual_seed(0)
     eager = EKFModel(2, 2, 1, hidden=4, dynamics_layers=2, observation_layers=2).double()
     compiled = EKFModel(2, 2, 1, hidden=4, dynamics_layers=2, observation_layers=2, compile=True).double()
@@ -45,9 +34,9 @@ def test_compiled_kernels_match_eager(recursions):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
     filter_node, time_update_node, observation_node = node_names(compiled, y, u)
-    expected_filter = "_NativeFilterBackward" if recursions == "cpp_recursions" else "_FilterBackward"
+    expected_filter = "_NativeFilterBackward" if backend == "native" else "_FilterBackward"
     assert filter_node == expected_filter
     assert (time_update_node, observation_node) == ("_ResidualTimeUpdateBackward", "_MLPValueAndJacobianBackward")
-    if recursions == "cpp_recursions":
+    if backend == "native":
         assert node_names(eager, y, u) == ["_NativeFilterBackward", "_NativeTimeUpdateBackward",
                                "_NativeMLPValueAndJacobianBackward"]

@@ -9,6 +9,7 @@ from replay_overshooting.ekf import (
     FilterResult, dynamics_and_jacobian, ekf_filter, ekf_predict, observation_and_jacobian, rts_smoother,
 )
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test with the C++ and the Python recursions
 F64 = dict(dtype=torch.float64)
 
 

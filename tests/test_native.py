@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from replay_overshooting.native import native_loops
+from replay_overshooting.native import _source_directory, native_loops
 
 
 def _run_python(code, **env):
@@ -51,9 +51,33 @@ def test_falls_back_with_a_warning_without_a_compiler(tmp_path):
             "finite": bool(filtered.log_likelihoods.isfinite().all()), "lock": lock.exists()}))
     """, CXX=str(tmp_path / "no-such-compiler"), TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
     assert len(report["warnings"]) == 1 and "could not build its C++ loops" in report["warnings"][0]
+    assert "no C++ compiler" in report["warnings"][0]
     assert "REPLAY_OVERSHOOTING_NATIVE=0" in report["warnings"][0]
     assert not report["loops"] and report["node"] == "_FilterBackward" and report["finite"]
     assert not report["lock"], "a lock left by a killed build must not block later builds"
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler on this machine")
+def test_a_compile_error_is_reported_with_its_file_and_line(tmp_path):
+    sources = tmp_path / "csrc"
+    shutil.copytree(_source_directory(), sources)
+    lines = (sources / "rollout.h").read_text().splitlines()
+    line = lines.index('#include "steps.h"') + 2  # 1-based number of the line inserted below it
+    lines.insert(line - 1, "this is not C++;")
+    (sources / "rollout.h").write_text("\n".join(lines) + "\n")
+    report = _run_python(f"""
+        import json, warnings
+        from pathlib import Path
+        from replay_overshooting import native
+        native._source_directory = lambda: Path({str(sources)!r})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loops = native.native_loops()
+        print(json.dumps({{"loops": loops is not None,
+                          "warnings": [str(w.message) for w in caught if w.category is native.NativeLoopsWarning]}}))
+    """, TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    assert not report["loops"] and len(report["warnings"]) == 1
+    assert f"rollout.h:{line}:" in report["warnings"][0] and "error" in report["warnings"][0], report["warnings"][0]
 
 
 def test_switched_off_by_the_environment(tmp_path):

@@ -9,6 +9,9 @@ from replay_overshooting.models import MLP, EKFModel
 from replay_overshooting.objectives import OBJECTIVES, get_objective, lro, no_overshooting, ramp, s_ekf, sro, vro
 
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test with the C++ and the Python recursions
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)

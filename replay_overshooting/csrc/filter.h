@@ -1,0 +1,105 @@
+// The filter recursion, forward and backward (03a, 'The filter').
+#pragma once
+#include "steps.h"
+
+struct FilterTape {
+  Layers dynamics, observation;
+  std::vector<MLPSaved> observation_saved, dynamics_saved;
+  std::vector<KalmanSaved> update_saved;
+  Tensors updated_covs;  // Σ' of the update, before a mask keeps the prediction
+  Tensor mask;
+  bool has_controls;
+};
+
+static std::pair<Tensors, std::shared_ptr<FilterTape>> filter_forward(
+    const Tensor& y, const std::optional<Tensor>& u, const std::optional<Tensor>& mask, Tensor mean, Tensor cov,
+    const Tensor& Q, const Tensor& R, const Tensors& dynamics_params, int64_t dynamics_activation,
+    double dynamics_beta, const Tensors& observation_params, int64_t observation_activation,
+    double observation_beta) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  auto tape = std::make_shared<FilterTape>();
+  const int64_t B = y.size(0), T = y.size(1), n = mean.size(-1);
+  tape->dynamics = make_layers(dynamics_params, dynamics_activation, dynamics_beta, n);
+  tape->observation = make_layers(observation_params, observation_activation, observation_beta, n);
+  tape->has_controls = u.has_value();
+  if (mask.has_value()) tape->mask = *mask;
+  std::vector<Tensors> fields(9);
+  for (int64_t t = 0; t < T; ++t) {
+    MLPSaved observation_saved;
+    auto [y_pred, C] = mlp_forward(mean, tape->observation, observation_saved);
+    KalmanSaved update_saved;
+    auto update = kalman_update(mean, cov, y_pred, C, R, y.select(1, t), update_saved);
+    tape->updated_covs.push_back(update.cov);
+    Tensor new_mean = update.mean, new_cov = update.cov;
+    if (mask.has_value()) {
+      Tensor seen = mask->select(1, t);
+      new_mean = at::where(seen.unsqueeze(1), new_mean, mean);
+      new_cov = at::where(seen.view({B, 1, 1}), new_cov, cov);
+    }
+    const Tensor* values[] = {&mean, &cov, &new_mean, &new_cov, &y_pred, &update.S, &C};
+    for (size_t field = 0; field < 7; ++field) fields[field].push_back(*values[field]);
+    fields[8].push_back(update.info);
+    tape->observation_saved.push_back(std::move(observation_saved));
+    tape->update_saved.push_back(std::move(update_saved));
+    if (t < T - 1) {
+      MLPSaved dynamics_saved;
+      Tensor u_t = u.has_value() ? u->select(1, t) : Tensor();
+      auto next = time_update(new_mean, new_cov, u_t, Q, tape->dynamics, dynamics_saved);
+      mean = next.mean, cov = next.cov;
+      fields[7].push_back(next.A);
+      tape->dynamics_saved.push_back(std::move(dynamics_saved));
+    }
+  }
+  Tensors out;
+  for (const auto& field : fields) out.push_back(field.empty() ? y.new_zeros({B, 0, n, n}) : at::stack(field, 1));
+  return {out, tape};
+}
+
+static Tensors filter_backward(FilterTape& tape, const Tensor& pc, const Tensor& fc, const Tensor& C,
+                               const Tensor& A, const Tensor& grad_pm, const Tensor& grad_pc, const Tensor& grad_fm,
+                               const Tensor& grad_fc, const Tensor& grad_A, const std::optional<Tensor>& grad_ym,
+                               const std::optional<Tensor>& grad_S, const std::optional<Tensor>& grad_C,
+                               bool needs_grad_y) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const int64_t T = grad_pm.size(1);
+  Tensor carry_mean, carry_cov;
+  Tensors grad_y(T), grad_u, grad_Q, grad_R;
+  WeightGradients dynamics_grads{&tape.dynamics}, observation_grads{&tape.observation};
+  for (int64_t t = T - 1; t >= 0; --t) {
+    Tensor to_mean = grad_fm.select(1, t), to_cov = grad_fc.select(1, t);
+    if (t < T - 1) {
+      auto back = time_update_backward(tape.dynamics, tape.dynamics_saved[t], fc.select(1, t), A.select(1, t),
+                                       carry_mean, carry_cov, grad_A.select(1, t), tape.has_controls,
+                                       dynamics_grads);
+      to_mean = to_mean + back.mean, to_cov = to_cov + back.cov;
+      if (tape.has_controls) grad_u.push_back(back.u);
+      grad_Q.push_back(back.Q);
+    }
+    Tensor skip_mean, skip_cov;
+    if (tape.mask.defined()) {
+      Tensor seen = tape.mask.select(1, t), seen_mean = seen.unsqueeze(1), seen_cov = seen.view({-1, 1, 1});
+      skip_mean = at::where(seen_mean, 0.0, to_mean), to_mean = at::where(seen_mean, to_mean, 0.0);
+      skip_cov = at::where(seen_cov, 0.0, to_cov), to_cov = at::where(seen_cov, to_cov, 0.0);
+    }
+    auto grads = kalman_update_backward(pc.select(1, t), C.select(1, t), tape.updated_covs[t],
+                                        tape.update_saved[t], to_mean, to_cov,
+                                        grad_S.has_value() ? grad_S->select(1, t) : Tensor());
+    Tensor grad_y_pred = grad_ym.has_value() ? grads.y_pred + grad_ym->select(1, t) : grads.y_pred;
+    Tensor grad_C_t = grad_C.has_value() ? grads.C + grad_C->select(1, t) : grads.C;
+    Tensor grad_x = mlp_backward_to_input(tape.observation_saved[t], tape.observation, grad_y_pred, grad_C_t,
+                                          observation_grads);
+    carry_mean = grad_pm.select(1, t) + to_mean + grad_x, carry_cov = grad_pc.select(1, t) + grads.cov;
+    if (skip_mean.defined()) carry_mean = carry_mean + skip_mean, carry_cov = carry_cov + skip_cov;
+    grad_y[t] = grads.y, grad_R.push_back(grads.R);
+  }
+  std::reverse(grad_u.begin(), grad_u.end());
+  Tensors out{needs_grad_y ? at::stack(grad_y, 1) : Tensor(),
+              grad_u.empty() ? Tensor() : at::stack(grad_u, 1),
+              carry_mean,
+              symmetrize(carry_cov),
+              grad_Q.empty() ? Tensor() : at::stack(grad_Q).sum(0),
+              symmetrize(at::stack(grad_R).sum(0))};
+  for (auto* grads : {&dynamics_grads, &observation_grads})
+    for (auto& g : grads->result()) out.push_back(g);
+  return out;
+}

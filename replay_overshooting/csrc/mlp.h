@@ -1,0 +1,372 @@
+// The MLP's value and Jacobian, forward and backward (03a, 'The MLP's value and Jacobian').
+#pragma once
+#include "common.h"
+
+// Row-major products through the BLAS that libtorch carries (MKL's sgemm_/dgemm_ where it exports them), called
+// on raw pointers: an ATen mm costs a tensor, a dispatch and an allocation each, which at these sizes (a 16-row
+// batch, 64 units) is as much as the arithmetic. Where no BLAS symbol is found, ATen's mm does the product.
+template <typename T>
+using BlasGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
+                          const int*, const T*, const int*, const T*, T*, const int*);
+
+template <typename T>
+static BlasGemm<T> blas_gemm() {
+  static const BlasGemm<T> gemm = [] {
+    void* symbol = nullptr;
+#if defined(__linux__)
+    if (void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD))
+      symbol = dlsym(torch_cpu, std::is_same<T, float>::value ? "sgemm_" : "dgemm_");
+#endif
+    return reinterpret_cast<BlasGemm<T>>(symbol);
+  }();
+  return gemm;
+}
+
+template <typename T>
+static Tensor wrap(const T* data, at::IntArrayRef sizes, at::IntArrayRef strides) {
+  return at::from_blob(const_cast<T*>(data), sizes, strides, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// C (M×N, row stride ldc) = op(A) op(B) + beta C, op(A) M×K and op(B) K×N, A and B row-major with row strides
+// lda, ldb (op(X) = Xᵀ when its flag is set). beta is 0 (C is overwritten, whatever it held) or 1.
+template <typename T>
+static void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                      const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (beta == T(0)) for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    return;
+  }
+  if (BlasGemm<T> blas = blas_gemm<T>()) {  // column-major Cᵀ = op(B)ᵀ op(A)ᵀ
+    const int m = N, n = M, k = K, la = lda, lb = ldb, lc = ldc;
+    const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+    const T one = 1;
+    blas(&ta, &tb, &m, &n, &k, &one, B, &lb, A, &la, &beta, C, &lc);
+    return;
+  }
+  Tensor a = trans_a ? wrap(A, {M, K}, {1, lda}) : wrap(A, {M, K}, {lda, 1});
+  Tensor b = trans_b ? wrap(B, {K, N}, {1, ldb}) : wrap(B, {K, N}, {ldb, 1});
+  Tensor c = wrap(C, {M, N}, {ldc, 1});
+  if (beta == T(0)) at::mm_out(c, a, b); else c.addmm_(a, b);
+}
+
+// MKL is slow at outputs a few columns wide (3-4× at 6272×64 by 64×8): those are computed as their transpose,
+// (op(B)ᵀ op(A)ᵀ)ᵀ, into scratch memory, and copied (or added) into C.
+template <typename T>
+static void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (N >= 16 || M * K < 8192) return gemm_blas(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  std::unique_ptr<T[]> transposed(new T[N * M]);
+  gemm_blas(!trans_b, !trans_a, N, M, K, B, ldb, A, lda, T(0), transposed.get(), M);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      C[i * ldc + j] = (beta == T(0) ? T(0) : C[i * ldc + j]) + transposed[j * M + i];
+}
+
+// An MLP's weights as the kernels use them, once per recursion: contiguous, softplus's β folded in (units
+// softplus(a') of a' = β a: W'_1 = β W_1, b'_ℓ = β b_ℓ for ℓ < L, W'_L = W_L / β), and the Jacobian's plan: its
+// rows carried down from the output (reverse, k = out rows) or up from the first `wrt` inputs (k = wrt rows),
+// whichever side is smaller.
+struct Layers {
+  Tensors weights, biases;         // W_ℓ (o_ℓ, i_ℓ), b_ℓ (o_ℓ), ℓ = 1..L at indices 0..L-1
+  Tensor first;                    // the chain's first rows (k, H): W_L (reverse) or W_1[:, :wrt]ᵀ
+  std::vector<int64_t> widths;     // i_1, o_1, ..., o_L
+  int64_t wrt, rows, activation;   // rows: k
+  bool reverse;
+  double fold;
+};
+
+static Layers make_layers(const Tensors& params, int64_t activation, double beta, int64_t wrt) {
+  Layers L;
+  const size_t count = params.size() / 2;
+  for (size_t i = 0; i < count; ++i) {
+    L.weights.push_back(params[2 * i].contiguous());
+    L.biases.push_back(params[2 * i + 1].contiguous());
+  }
+  L.activation = activation;
+  L.fold = activation == SOFTPLUS ? beta : 1.0;
+  if (L.fold != 1.0) {
+    L.weights[0] = L.weights[0] * L.fold;
+    L.weights[count - 1] = L.weights[count - 1] / L.fold;
+    for (size_t i = 0; i + 1 < count; ++i) L.biases[i] = L.biases[i] * L.fold;
+  }
+  L.widths.push_back(L.weights[0].size(1));
+  for (const auto& W : L.weights) L.widths.push_back(W.size(0));
+  L.wrt = wrt;
+  L.reverse = L.widths.back() <= wrt;
+  L.rows = L.reverse ? L.widths.back() : wrt;
+  L.first = L.reverse ? L.weights.back() : L.weights[0].slice(1, 0, wrt).t().contiguous();
+  return L;
+}
+
+// What the backward of one forward needs, in one buffer: the input x and hidden units h_ℓ (B, o_ℓ), their
+// slopes d_ℓ, and the Jacobian chain's rows before and after each slope, (B, k, H) (the first `before` is the
+// chain's first rows (k, H), shared by the batch).
+struct MLPSaved {
+  Tensor buffer;
+  int64_t batch = 0;
+  std::vector<int64_t> h, d, before, after;  // offsets; h[0] is x, d[i] belongs to h[i] (d[0] unused)
+};
+
+// The hidden layer whose slope the chain's j-th step multiplies by; the step then multiplies with W_hidden
+// (reverse, index hidden − 1) or W_hidden+1ᵀ (index hidden).
+static size_t chain_hidden(const Layers& L, size_t j) { return L.reverse ? L.weights.size() - 1 - j : j + 1; }
+
+template <typename T>
+static void activate(T* a, T* h, int64_t size, int64_t activation) {  // a becomes the slope
+  Tensor a_ = wrap(a, {size}, {1}), h_ = wrap(h, {size}, {1});
+  if (activation == SOFTPLUS) {
+    at::softplus_out(h_, a_, 1, 20);
+    at::sigmoid_(a_);
+  } else if (activation == TANH) {
+    at::tanh_out(h_, a_);
+    for (int64_t i = 0; i < size; ++i) a[i] = T(1) - h[i] * h[i];
+  } else {
+    for (int64_t i = 0; i < size; ++i) h[i] = a[i] > 0 ? a[i] : T(0), a[i] = a[i] > 0 ? T(1) : T(0);
+  }
+}
+
+template <typename T>
+static std::unique_ptr<T[]> scratch(int64_t size) { return std::unique_ptr<T[]>(new T[size]); }  // uninitialised
+
+// Batch elements per block of the Jacobian chain: its rows (k per element) times the widest layer stay within
+// some 64 kB, so that each block's products and slopes work in the core's cache. At 784 elements (the smoother's
+// one-step priors of a push batch) the chain's (k·B, H) buffers are 1.6 MB each, and whole-batch passes ran at
+// the memory's pace.
+static int64_t chain_block(const Layers& L, int64_t widest) {
+  return std::max<int64_t>(1, (16384 / std::max<int64_t>(1, L.rows * widest)));
+}
+
+static int64_t widest_layer(const Layers& L) {
+  int64_t widest = std::max(L.wrt, L.widths.back());
+  for (size_t i = 1; i + 1 < L.widths.size(); ++i) widest = std::max(widest, L.widths[i]);
+  return widest;
+}
+
+template <typename T>
+static void mlp_forward_impl(const Tensor& x_in, const Layers& L, MLPSaved& s, T* out, T* J) {
+  const int64_t B = x_in.size(0), count = L.weights.size(), k = L.rows, wrt = L.wrt;
+  const auto& w = L.widths;
+  s.batch = B;
+  int64_t size = 0;
+  auto take = [&](int64_t n) { int64_t at = size; size += n; return at; };
+  s.h.assign(count, 0), s.d.assign(count, 0);
+  for (int64_t i = 0; i < count; ++i) s.h[i] = take(B * w[i]), s.d[i] = i ? take(B * w[i]) : 0;
+  for (int64_t j = 0; j + 1 < count; ++j) {
+    const int64_t H = w[chain_hidden(L, j)];
+    s.before.push_back(j ? take(k * B * H) : 0), s.after.push_back(take(k * B * H));
+  }
+  s.buffer = at::empty({size}, x_in.options());
+  T* base = s.buffer.data_ptr<T>();
+  Tensor x = x_in.contiguous();
+  std::copy(x.const_data_ptr<T>(), x.const_data_ptr<T>() + B * w[0], base + s.h[0]);
+  for (int64_t i = 0; i + 1 < count; ++i) {  // a = h W_ℓᵀ + b, then h_ℓ = σ(a), d_ℓ = σ'(a)
+    T *a = base + s.d[i + 1], *h = base + s.h[i + 1];
+    const T* b = L.biases[i].const_data_ptr<T>();
+    for (int64_t r = 0; r < B; ++r) std::copy(b, b + w[i + 1], a + r * w[i + 1]);
+    gemm<T>(false, true, B, w[i + 1], w[i], base + s.h[i], w[i], L.weights[i].const_data_ptr<T>(), w[i], T(1), a,
+            w[i + 1]);
+    activate(a, h, B * w[i + 1], L.activation);
+  }
+  const T* b = L.biases.back().const_data_ptr<T>();
+  for (int64_t r = 0; r < B; ++r) std::copy(b, b + w[count], out + r * w[count]);
+  gemm<T>(false, true, B, w[count], w[count - 1], base + s.h[count - 1], w[count - 1],
+          L.weights.back().const_data_ptr<T>(), w[count - 1], T(1), out, w[count]);
+  // The chain, rows (B, k, H): after = before ⊙ d (d broadcast over the k rows of an element), then the next
+  // before = after · M; the last product gives the rows of J (reverse: J itself, (B, out, wrt)) or of Jᵀ.
+  const T* first = L.first.const_data_ptr<T>();
+  const int64_t last_width = L.reverse ? wrt : w[count], block = chain_block(L, widest_layer(L));
+  auto transposed = L.reverse ? nullptr : scratch<T>(std::min(block, B) * k * last_width);
+  for (int64_t b0 = 0; b0 < B; b0 += block) {
+    const int64_t b1 = std::min(B, b0 + block), rows = (b1 - b0) * k;
+    for (int64_t j = 0; j + 1 < count; ++j) {
+      const size_t hidden = chain_hidden(L, j);
+      const int64_t H = w[hidden];
+      const T* d = base + s.d[hidden];
+      T* after = base + s.after[j];
+      for (int64_t bb = b0; bb < b1; ++bb)
+        for (int64_t r = 0; r < k; ++r) {
+          const T* y = j ? base + s.before[j] + (bb * k + r) * H : first + r * H;
+          T* o = after + (bb * k + r) * H;
+          const T* dd = d + bb * H;
+          for (int64_t u = 0; u < H; ++u) o[u] = y[u] * dd[u];
+        }
+      const bool final = j + 2 == count;
+      const T* M = L.weights[L.reverse ? hidden - 1 : hidden].const_data_ptr<T>();
+      const int64_t width = final ? last_width : L.reverse ? w[hidden - 1] : w[hidden + 1];
+      T* next = !final ? base + s.before[j + 1] + b0 * k * width : L.reverse ? J + b0 * k * wrt : transposed.get();
+      if (L.reverse)  // rows of J: · W_ℓ (H, i_ℓ), only its first `wrt` columns at the input layer
+        gemm<T>(false, false, rows, width, H, after + b0 * k * H, H, M, w[hidden - 1], T(0), next, width);
+      else  // rows of Jᵀ: · W_ℓ+1ᵀ
+        gemm<T>(false, true, rows, width, H, after + b0 * k * H, H, M, H, T(0), next, width);
+    }
+    if (!L.reverse)  // J[b, o, c] = Jᵀ rows[b, c, o]
+      for (int64_t bb = b0; bb < b1; ++bb)
+        for (int64_t c = 0; c < k; ++c)
+          for (int64_t o = 0; o < last_width; ++o)
+            J[(bb * last_width + o) * wrt + c] = transposed[((bb - b0) * k + c) * last_width + o];
+  }
+}
+
+// `(out (B, o), J (B, o, wrt))` of `x (B, i)`, saving what the backward needs in `s`.
+static std::pair<Tensor, Tensor> mlp_forward(const Tensor& x, const Layers& L, MLPSaved& s) {
+  const int64_t B = x.size(0), out_dim = L.widths.back();
+  Tensor out = at::empty({B, out_dim}, x.options()), J = at::empty({B, out_dim, L.wrt}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_forward", [&] {
+    mlp_forward_impl<scalar_t>(x, L, s, out.data_ptr<scalar_t>(), J.data_ptr<scalar_t>());
+  });
+  return {out, J};
+}
+
+// An MLP's weight gradients summed over the steps of a recursion, in folded form until `result`: each step's
+// backward adds its products straight into them.
+struct WeightGradients {
+  const Layers* layers;
+  Tensors W, b;  // ∂ℓ/∂W'_ℓ, ∂ℓ/∂b'_ℓ
+  bool added = false;
+
+  template <typename T>
+  std::pair<T*, T*> slots(int64_t index) {
+    if (W.empty())
+      for (size_t i = 0; i < layers->weights.size(); ++i)
+        W.push_back(at::zeros_like(layers->weights[i])), b.push_back(at::zeros_like(layers->biases[i]));
+    added = true;
+    return {W[index].data_ptr<T>(), b[index].data_ptr<T>()};
+  }
+  Tensors result() {  // `[W_1, b_1, ..., W_L, b_L]`; undefined (None) when no step was added
+    const size_t count = layers->weights.size();
+    Tensors grads(2 * count);
+    if (!added) return grads;
+    const double fold = layers->fold;
+    for (size_t k = 0; k < count; ++k) {  // ∂ℓ/∂W_1 = β ∂ℓ/∂W'_1, ∂ℓ/∂b_ℓ = β ∂ℓ/∂b'_ℓ (ℓ < L), ∂ℓ/∂W_L = ∂ℓ/∂W'_L / β
+      grads[2 * k] = fold == 1.0 ? W[k] : k == 0 ? W[k] * fold : k + 1 == count ? W[k] / fold : W[k];
+      grads[2 * k + 1] = fold == 1.0 || k + 1 == count ? b[k] : b[k] * fold;
+    }
+    return grads;
+  }
+};
+
+template <typename T>
+static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_out, const T* grad_J,
+                              WeightGradients& totals, T* grad_x) {
+  const int64_t B = s.batch, count = L.weights.size(), k = L.rows, wrt = L.wrt;
+  const auto& w = L.widths;
+  const T* base = s.buffer.const_data_ptr<T>();
+  const int64_t widest = widest_layer(L), block = std::min(B, chain_block(L, widest));
+  auto G = scratch<T>(block * k * widest), GM = scratch<T>(block * k * widest);
+  const T* first = L.first.const_data_ptr<T>();
+  std::vector<std::unique_ptr<T[]>> slope_grads(count);
+  for (int64_t i = 1; i < count; ++i) slope_grads[i] = scratch<T>(B * w[i]);
+  // The chain, back down block by block: ∂ℓ/∂(the rows after the last product), (B, k, width), is ∂J (reverse)
+  // or its transpose.
+  T* first_total = totals.slots<T>(L.reverse ? count - 1 : 0).first;
+  for (int64_t b0 = 0; b0 < B; b0 += block) {
+    const int64_t b1 = std::min(B, b0 + block), rows = (b1 - b0) * k;
+    int64_t width = L.reverse ? wrt : w[count];
+    const T* grad_rows = grad_J + b0 * k * wrt;
+    if (!L.reverse) {
+      for (int64_t bb = b0; bb < b1; ++bb)
+        for (int64_t c = 0; c < k; ++c)
+          for (int64_t o = 0; o < width; ++o)
+            G[((bb - b0) * k + c) * width + o] = grad_J[(bb * width + o) * wrt + c];
+      grad_rows = G.get();
+    }
+    for (int64_t j = count - 2; j >= 0; --j) {
+      const size_t hidden = chain_hidden(L, j);
+      const int64_t H = w[hidden];
+      const T* after = base + s.after[j] + b0 * k * H;
+      if (L.reverse) {  // the step was after · W[:, :width]: ∂W += afterᵀ G, ∂after = G W[:, :width]ᵀ
+        const size_t layer = hidden - 1;
+        gemm<T>(true, false, H, width, rows, after, H, grad_rows, width, T(1), totals.slots<T>(layer).first,
+                w[layer]);
+        gemm<T>(false, true, rows, H, width, grad_rows, width, L.weights[layer].const_data_ptr<T>(), w[layer], T(0),
+                GM.get(), H);
+      } else {  // the step was after · W_ℓ+1ᵀ: ∂W_ℓ+1 += Gᵀ after, ∂after = G W_ℓ+1
+        gemm<T>(true, false, width, H, rows, grad_rows, width, after, H, T(1), totals.slots<T>(hidden).first, H);
+        gemm<T>(false, false, rows, H, width, grad_rows, width, L.weights[hidden].const_data_ptr<T>(), H, T(0),
+                GM.get(), H);
+      }
+      // through the slope: ∂d += Σ_k ∂after ⊙ before, ∂before = ∂after ⊙ d
+      const T* d = base + s.d[hidden];
+      T* sg = slope_grads[hidden].get();
+      for (int64_t bb = b0; bb < b1; ++bb) {
+        T* acc = sg + bb * H;
+        std::fill(acc, acc + H, T(0));
+        for (int64_t r = 0; r < k; ++r) {
+          const int64_t row = (bb - b0) * k + r;
+          const T* g = GM.get() + row * H;
+          const T* y = j ? base + s.before[j] + (bb * k + r) * H : first + r * H;
+          const T* dd = d + bb * H;
+          T* o = G.get() + row * H;
+          for (int64_t u = 0; u < H; ++u) acc[u] += g[u] * y[u], o[u] = g[u] * dd[u];
+        }
+      }
+      grad_rows = G.get(), width = H;
+    }
+    for (int64_t row = 0; row < rows; ++row) {  // the chain's first rows: W_L (reverse) or W_1[:, :wrt]ᵀ
+      const int64_t r = row % k;
+      const T* g = G.get() + row * width;
+      for (int64_t u = 0; u < width; ++u) {
+        if (L.reverse) first_total[r * width + u] += g[u]; else first_total[u * w[0] + r] += g[u];
+      }
+    }
+  }
+  // the value pass: ∂a_L = ∂out; ∂h_ℓ = ∂a_ℓ+1 W_ℓ+1; ∂a_ℓ = ∂h_ℓ ⊙ d_ℓ + ∂d_ℓ ⊙ σ''(a_ℓ)
+  auto grad_a = scratch<T>(B * std::max(widest, w[0])), grad_h = scratch<T>(B * std::max(widest, w[0]));
+  std::copy(grad_out, grad_out + B * w[count], grad_a.get());
+  for (int64_t i = count - 1; i >= 0; --i) {
+    const int64_t o = w[i + 1], H = w[i];
+    auto [Wt, bt] = totals.slots<T>(i);
+    gemm<T>(true, false, o, H, B, grad_a.get(), o, base + s.h[i], H, T(1), Wt, H);
+    for (int64_t bb = 0; bb < B; ++bb)
+      for (int64_t u = 0; u < o; ++u) bt[u] += grad_a[bb * o + u];
+    if (i == 0) {
+      gemm<T>(false, false, B, H, o, grad_a.get(), o, L.weights[0].const_data_ptr<T>(), H, T(0), grad_x, H);
+      break;
+    }
+    gemm<T>(false, false, B, H, o, grad_a.get(), o, L.weights[i].const_data_ptr<T>(), H, T(0), grad_h.get(), H);
+    const T *d = base + s.d[i], *h = base + s.h[i], *sg = slope_grads[i].get();
+    for (int64_t e = 0; e < B * H; ++e) {
+      const T curvature = L.activation == SOFTPLUS ? d[e] - d[e] * d[e] : L.activation == TANH ? T(-2) * h[e] * d[e] : T(0);
+      grad_a[e] = grad_h[e] * d[e] + sg[e] * curvature;
+    }
+  }
+}
+
+// ∂ℓ/∂x of one forward, adding its weight gradients to `totals`; undefined gradients count as zeros.
+static Tensor mlp_backward_to_input(const MLPSaved& s, const Layers& L, const Tensor& grad_out_in,
+                                    const Tensor& grad_J_in, WeightGradients& totals) {
+  const int64_t B = s.batch, out_dim = L.widths.back();
+  Tensor grad_out = grad_out_in.defined() ? grad_out_in.contiguous() : at::zeros({B, out_dim}, s.buffer.options());
+  Tensor grad_J = grad_J_in.defined() ? grad_J_in.contiguous() : at::zeros({B, out_dim, L.wrt}, s.buffer.options());
+  Tensor grad_x = at::empty({B, L.widths[0]}, s.buffer.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_x.scalar_type(), "mlp_backward", [&] {
+    mlp_backward_impl<scalar_t>(s, L, grad_out.const_data_ptr<scalar_t>(), grad_J.const_data_ptr<scalar_t>(), totals,
+                                grad_x.data_ptr<scalar_t>());
+  });
+  return grad_x;
+}
+
+// One value-and-Jacobian pass as an autograd node of its own (`MLP.value_and_jacobian` on CPU): the forward
+// keeps its `MLPTape` for the backward.
+struct MLPTape {
+  Layers layers;
+  MLPSaved saved;
+};
+
+static std::tuple<Tensor, Tensor, std::shared_ptr<MLPTape>> value_and_jacobian_forward(
+    const Tensor& x, const Tensors& params, int64_t activation, double beta, int64_t wrt) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  auto tape = std::make_shared<MLPTape>();
+  tape->layers = make_layers(params, activation, beta, wrt);
+  auto [out, J] = mlp_forward(x, tape->layers, tape->saved);
+  return {out, J, tape};
+}
+
+static Tensors value_and_jacobian_backward(const MLPTape& tape, const Tensor& grad_out, const Tensor& grad_J) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  WeightGradients weight_grads{&tape.layers};
+  Tensors out{mlp_backward_to_input(tape.saved, tape.layers, grad_out, grad_J, weight_grads)};
+  for (auto& g : weight_grads.result()) out.push_back(g);
+  return out;
+}

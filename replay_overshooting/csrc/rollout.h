@@ -1,0 +1,49 @@
+// The replay rollout, forward and backward (03a, 'The replay rollout').
+#pragma once
+#include "steps.h"
+
+struct RolloutTape {
+  Layers dynamics;
+  std::vector<MLPSaved> saved;
+  bool has_controls;
+};
+
+static std::pair<Tensors, std::shared_ptr<RolloutTape>> rollout_forward(
+    Tensor mean, Tensor cov, const std::optional<Tensor>& u, const Tensor& Q, int64_t steps, const Tensors& params,
+    int64_t activation, double beta) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  auto tape = std::make_shared<RolloutTape>();
+  const int64_t B = mean.size(0), n = mean.size(-1);
+  tape->dynamics = make_layers(params, activation, beta, n);
+  tape->has_controls = u.has_value();
+  Tensors means{mean}, covs{cov}, A;
+  for (int64_t k = 0; k + 1 < steps; ++k) {
+    MLPSaved saved;
+    auto next = time_update(mean, cov, u.has_value() ? u->select(1, k) : Tensor(), Q, tape->dynamics, saved);
+    mean = next.mean, cov = next.cov;
+    means.push_back(mean), covs.push_back(cov), A.push_back(next.A), tape->saved.push_back(std::move(saved));
+  }
+  Tensor jacobians = A.empty() ? mean.new_zeros({B, 0, n, n}) : at::stack(A, 1);
+  return {{at::stack(means, 1), at::stack(covs, 1), jacobians}, tape};
+}
+
+static Tensors rollout_backward(RolloutTape& tape, const Tensor& covs, const Tensor& A, const Tensor& grad_means,
+                                const Tensor& grad_covs, const Tensor& grad_A) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const int64_t steps = grad_means.size(1);
+  Tensor carry_mean = grad_means.select(1, steps - 1), carry_cov = grad_covs.select(1, steps - 1);
+  Tensors grad_u, grad_Q;
+  WeightGradients weight_grads{&tape.dynamics};
+  for (int64_t k = steps - 2; k >= 0; --k) {
+    auto back = time_update_backward(tape.dynamics, tape.saved[k], covs.select(1, k), A.select(1, k), carry_mean,
+                                     carry_cov, grad_A.select(1, k), tape.has_controls, weight_grads);
+    carry_mean = grad_means.select(1, k) + back.mean, carry_cov = grad_covs.select(1, k) + back.cov;
+    if (tape.has_controls) grad_u.push_back(back.u);
+    grad_Q.push_back(back.Q);
+  }
+  std::reverse(grad_u.begin(), grad_u.end());
+  Tensors out{carry_mean, carry_cov, grad_u.empty() ? Tensor() : at::stack(grad_u, 1),
+              grad_Q.empty() ? Tensor() : at::stack(grad_Q).sum(0)};
+  for (auto& g : weight_grads.result()) out.push_back(g);
+  return out;
+}
