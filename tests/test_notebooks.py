@@ -23,6 +23,19 @@ def run(name: str, out: Path, **parameters) -> str:
     return stdout_of(out)
 
 
+@pytest.mark.parametrize("path", sorted(NBS.glob("*.ipynb")), ids=lambda path: path.name)
+def test_every_notebook_names_its_kernel(path):
+    kernelspec = json.loads(path.read_text())["metadata"].get("kernelspec") or {}
+    assert kernelspec.get("name") == "python3", f"{path.name} has no python3 kernelspec: papermill cannot run it"
+
+
+@pytest.mark.parametrize("name", ["00_gaussian.ipynb", "01_ekf.ipynb"])
+def test_tutorial_runs_under_plain_papermill(name, tmp_path):
+    papermill.execute_notebook(str(NBS / name), str(tmp_path / name), cwd=str(NBS), progress_bar=False)
+    cells = json.loads((tmp_path / name).read_text())["cells"]
+    assert all(cell.get("execution_count") for cell in cells if cell["cell_type"] == "code" and "".join(cell["source"]).strip())
+
+
 @pytest.mark.parametrize("name", ["train.ipynb", "evaluate.ipynb", "reproduce.ipynb"])
 def test_parameters_cell_is_tagged(name):
     cells = json.loads((NBS / name).read_text())["cells"]
@@ -35,9 +48,9 @@ def test_parameters_cell_is_tagged(name):
 def trained(tmp_path_factory):
     "A 3-iteration Van der Pol run made by train.ipynb: (run directory, what the notebook printed)."
     work = tmp_path_factory.mktemp("train")
-    printed = run("train.ipynb", work / "train_out.ipynb", dataset="vdp", max_iters=3, batch_size=4,
-                  dataset_options=TINY_VDP, out_dir=str(work / "runs"), device="cpu", eval_filter_points=[5],
-                  eval_predict_steps=[10])
+    printed = run("train.ipynb", work / "train_out.ipynb", dataset="vdp", max_iterations=3, batch_size=4,
+                  dataset_options=json.dumps(TINY_VDP), out_dir=str(work / "runs"), device="cpu",
+                  eval_filter_points="[5]", eval_predict_steps=10)  # as `papermill -p` passes them: text
     return work / "runs" / "sro_example", printed
 
 
@@ -57,18 +70,28 @@ def test_train_notebook_trains_evaluates_and_reports(trained):
 
 def test_evaluate_notebook_compares_runs(trained, tmp_path):
     run_dir, _ = trained
-    printed = run("evaluate.ipynb", tmp_path / "evaluate_out.ipynb", run_dirs=[str(run_dir)], filter_points=5,
+    printed = run("evaluate.ipynb", tmp_path / "evaluate_out.ipynb", run_dirs=json.dumps([str(run_dir)]), filter_points=5,
                   predict_steps=10, out_dir=str(tmp_path / "evaluations"))
     assert "| sro_example | vdp | 5 | 10 |" in printed
     assert "| run | dataset | F | P | NLL | MAE | sequences | paper row |" in printed
     assert (tmp_path / "evaluations" / "sro_example" / "evaluation.csv").is_file()
 
 
+def test_a_bad_parameter_is_named_before_any_work(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as caught:
+        run("train.ipynb", tmp_path / "bad_out.ipynb", max_iterations="abc", out_dir=str(tmp_path / "runs"))
+    assert "parameter max_iterations must be an integer, got 'abc'" in str(caught.value)
+    with pytest.raises(papermill.PapermillExecutionError) as caught:
+        run("train.ipynb", tmp_path / "bad_out.ipynb", experiment="exmple", out_dir=str(tmp_path / "runs"))
+    assert "did you mean 'example'?" in str(caught.value)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_push_data_says_how_to_use_push_sim(tmp_path):
     empty = tmp_path / "no_data"
     empty.mkdir()
     with pytest.raises(papermill.PapermillExecutionError) as caught:
-        run("train.ipynb", tmp_path / "push_out.ipynb", dataset="mit_push", data_dir=str(empty), max_iters=2,
+        run("train.ipynb", tmp_path / "push_out.ipynb", dataset="mit_push", data_dir=str(empty), max_iterations=2,
             out_dir=str(tmp_path / "runs"))
     message = str(caught.value)
     assert "DatasetNotFoundError" in message and "kloss_train0.hdf5" in message
