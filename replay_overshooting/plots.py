@@ -279,13 +279,26 @@ def smooth_curve(
     return out
 
 
+def _fit_limits(ax, curves: list) -> None:
+    "Set the y-limits of `ax` to the finite values of `curves`, padded by a tenth of their range."
+    finite = np.concatenate([c[np.isfinite(c)] for c in curves]) if curves else np.array([])
+    if finite.size == 0:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    pad = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
+    ax.set_ylim(low - pad, high + pad)
+
+
 def plot_training_curves(
     run_dirs: str | os.PathLike | list,  # one run directory or a list of them
     *,
     smoothing: float = 0.9,  # λ of the moving average
+    settle: float | None = 0.1,  # y-limits fit the smoothed curves after this share of iterations; None: all of them
     fig: Figure | None = None,  # draw into this figure (default: a new one)
 ) -> Figure:  # one axis per curve: the loss first, then its components
-    "Loss and loss components against iteration from the runs' `metrics.csv`, raw (faint) and smoothed."
+    """Loss and loss components against iteration from the runs' `metrics.csv`, raw (faint) and smoothed, each
+    axis scaled to the smoothed curves once the first `settle` share of training is over, so that an early
+    transient (a loss falling from 125 to −1 in 50 of 1,500 iterations) does not flatten the rest."""
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     if not run_dirs:
         raise ValueError("run_dirs is empty; pass one or more run directories written by train()")
@@ -293,13 +306,19 @@ def plot_training_curves(
     curves = list(dict.fromkeys(key for metrics in runs.values() for key in metrics if key not in _NOT_CURVES))
     curves = sorted(curves, key=lambda key: key != "loss")
     fig = fig if fig is not None else plt.figure(figsize=(7, 2 * len(curves)), layout="constrained")
+    if settle is not None and not 0 <= settle < 1:
+        raise ValueError(f"settle must be in [0, 1) or None, got {settle!r}")
     for ax, curve in zip(_panels(fig, len(curves)), curves):
+        settled = []
         for colour, (run_dir, metrics) in enumerate(runs.items()):
             if curve not in metrics:
                 continue
             x, values = metrics["iteration"], metrics[curve]
+            smoothed = smooth_curve(values, smoothing)
             ax.plot(x, values, color=f"C{colour}", alpha=0.25, lw=0.8, label=f"{run_dir.name} raw")
-            ax.plot(x, smooth_curve(values, smoothing), color=f"C{colour}", label=run_dir.name)
+            ax.plot(x, smoothed, color=f"C{colour}", label=run_dir.name)
+            settled.append(smoothed[int(len(smoothed) * (settle or 0)):])
+        _fit_limits(ax, settled)
         ax.set_ylabel(curve)
     fig.axes[-1].set_xlabel("iteration")
     fig.axes[0].legend(fontsize="small")

@@ -176,7 +176,7 @@ def run_one(study: Study, variant: Variant, seed: int, *, out_dir: str | Path = 
     else:
         tic = time.process_time()
         rows = evaluate(run_dir, filter_points=study.filter_points, predict_steps=study.predict_steps,
-                        name=variant.key, progress=progress)
+                        name=variant.key, progress=progress, baseline=False)
         eval_seconds = time.process_time() - tic
     metrics = read_metrics(run_dir)
     rows = [{**row, "study": study.name, "variant": variant.key, "label": variant.label, "seed": seed,

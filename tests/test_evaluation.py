@@ -82,7 +82,7 @@ def test_baselines_evaluate_deterministically(kind, images):
     else:
         data = vector_dataset()
         model = kind(obs_dim=2, ctrl_dim=1, latent_dim=3, embed_dim=4, hidden_dim=8).double()
-    options = dict(filter_points=(2, 3), predict_steps=3, num_samples=4, batch_size=2)
+    options = dict(filter_points=(2, 3), predict_steps=3, num_samples=4, batch_size=2, baseline=False)
     first, again = evaluate(model, data, seed=5, **options), evaluate(model, data, seed=5, **options)
     other = evaluate(model, data, seed=6, **options)
     assert first == again
@@ -94,7 +94,7 @@ def test_baselines_evaluate_deterministically(kind, images):
 def test_run_directory_round_trip(example_run):
     with pytest.raises(ValueError, match=r"T=40.*F=25.*P=20"):
         evaluate(example_run)  # default F = (5, 25) with P = 20 does not fit 40 steps
-    rows = evaluate(example_run, filter_points=(5, 15), num_samples=10, batch_size=3)
+    rows = evaluate(example_run, filter_points=(5, 15), num_samples=10, batch_size=3, baseline=False)
     assert [(r["name"], r["dataset"], r["filter_points"], r["predict_steps"], r["num_sequences"]) for r in rows] == [
         ("example", "vdp", 5, 20, 8), ("example", "vdp", 15, 20, 8)]
     assert read_evaluation(example_run / "evaluation.csv") == rows
@@ -110,7 +110,8 @@ def test_run_directory_round_trip(example_run):
 
 
 def test_out_dir_and_name_override_for_a_run(example_run, tmp_path):
-    rows = evaluate(example_run, filter_points=5, predict_steps=10, num_samples=3, out_dir=tmp_path, name="renamed")
+    rows = evaluate(example_run, filter_points=5, predict_steps=10, num_samples=3, out_dir=tmp_path, name="renamed",
+                    baseline=False)
     assert rows[0]["name"] == "renamed"
     assert read_evaluation(tmp_path / "evaluation.csv") == rows
 

@@ -65,6 +65,7 @@ def test_train_notebook_trains_evaluates_and_reports(trained):
     assert '"max_iterations": 3' in printed  # the config is printed
     assert "| name | dataset | F | P | NLL | MAE | sequences |" in printed
     assert "| sro_example | vdp | 5 | 10 |" in printed
+    assert "| hold-last baseline | vdp | 5 | 10 | — |" in printed
     assert f"run directory: {run_dir}" in printed
 
 
