@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field; the value is read as YAML (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue the run directory's checkpoint")
+    parser.add_argument("--restart", action="store_true",
+                        help="move an earlier run in the run directory aside (never deleted) and train afresh")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1, fastest for the paper's small models; 0: torch's default)")
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.threads < 0:
         parser.error(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
-    result = train(config, resume=args.resume, progress=not args.no_progress, num_threads=args.threads or None)
+    result = train(config, resume=args.resume, restart=args.restart, progress=not args.no_progress,
+                   num_threads=args.threads or None)
     print(f"run directory: {result.run_dir}")
     return 0
 

@@ -173,11 +173,11 @@ def save_cache(
     key: str,  # from `cache_key`, stored with the data
     arrays: dict,  # name → CPU tensor
 ) -> None:
-    "Write tensors and their cache key to an HDF5 file, atomically."
+    "Write tensors and their cache key to an HDF5 file, atomically, each array with a checksum (fletcher32)."
     with atomic_hdf5(path) as file:
         file.attrs["cache_key"] = key
         for name, array in arrays.items():
-            file.create_dataset(name, data=array.numpy())
+            file.create_dataset(name, data=array.numpy(), fletcher32=True)
 
 
 def load_cache(

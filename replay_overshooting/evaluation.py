@@ -25,7 +25,8 @@ from .data import SequenceDataset
 from .gaussian import NotPositiveDefiniteError, mvn_log_prob
 from .image_models import NUM_GREY_LEVELS, image_nll
 from .models import Forecast
-from .training import atomic_write_text, load_run
+from .storage import atomic_write_text
+from .training import load_run
 
 # %% ../nbs/09_evaluation.ipynb
 PENDULUM_DATASETS = ("pendulum", "pendulum_xy", "pendulum_images")

@@ -256,7 +256,7 @@ def write_push_sim(
                 group = file.create_group(f"trajectory{j}")
                 for key, values in per_step.items():
                     group[key] = values[i]
-                group.create_dataset("image", data=images[j], compression="gzip", compression_opts=1)
+                group.create_dataset("image", data=images[j], compression="gzip", compression_opts=1, fletcher32=True)
                 group["material"] = np.bytes_(MATERIALS[materials[i]])
         paths.append(path)
     return tuple(paths)

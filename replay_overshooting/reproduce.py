@@ -23,9 +23,9 @@ import numpy as np
 
 from .data import load_dataset
 from .evaluation import PUBLISHED, evaluate, hold_last_mae, rows_to_csv
-from .gaussian import NotPositiveDefiniteError
 from .plots import read_metrics, smooth_curve
-from .training import EXPERIMENTS, ExperimentConfig, atomic_write_text, get_experiment, train
+from .storage import atomic_write_text
+from .training import EXPERIMENTS, ExperimentConfig, TrainingDivergedError, get_experiment, train
 
 # %% ../nbs/12_reproduce.ipynb
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ def run_one(study: Study, variant: Variant, seed: int, *, out_dir: str | Path = 
         config.save(config_path)
     try:
         train(config, resume=(run_dir / "checkpoint.pt").exists(), progress=progress, run_dir=run_dir)
-    except NotPositiveDefiniteError as error:  # the filter failed in training
+    except TrainingDivergedError as error:
         warnings.warn(f"{variant.key} seed {seed} diverged: {error}", RuntimeWarning)
         rows = [{"filter_points": F, "predict_steps": P, "nll": math.inf, "mae": math.inf, "num_sequences": 0}
                 for F in study.filter_points for P in study.predict_steps]

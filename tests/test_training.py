@@ -107,8 +107,8 @@ def test_bad_configs_fail_before_work(changes, message):
         get_experiment("example", **changes)
 
 
-def test_unknown_experiment_lists_the_registry():
-    with pytest.raises(ValueError, match="registered: .*dt_ekf_push"):
+def test_unknown_experiment_suggests_the_nearest_and_lists_the_registry():
+    with pytest.raises(ValueError, match="did you mean 'dt_ekf_push'\\? Choose one of: .*sro_dt_ekf_push"):
         get_experiment("dt_ekf_pushh")
 
 
