@@ -6,6 +6,8 @@
 __all__ = ['dataset_from_arrays']
 
 # %% ../nbs/05e_custom.ipynb
+import math
+
 import numpy as np
 import torch
 
@@ -48,8 +50,12 @@ def dataset_from_arrays(
     u = y.new_zeros(*y.shape[:2], 0) if u is None else _as_float_tensor(u, "u")
     if u.shape[:2] != y.shape[:2]:
         raise ValueError(f"u must have the same (N, T) = {tuple(y.shape[:2])} as y, got {tuple(u.shape)}")
-    if not dt > 0:
-        raise ValueError(f"dt must be positive, got {dt!r}")
+    if y.shape[0] == 0 or y.shape[1] < 2:
+        raise ValueError(f"y needs at least one sequence of at least 2 steps, got (N, T) = {tuple(y.shape[:2])}")
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a finite positive number, got {dt!r}")
+    if window_length is not None and (isinstance(window_length, bool) or not isinstance(window_length, int)):
+        raise ValueError(f"window_length must be an int (steps per training window), got {window_length!r}")
     if normalization is None and normalize:
         (y_mean, y_std), (u_mean, u_std) = _whitening(y), _whitening(u)
         normalization = {"y_mean": y_mean, "y_std": y_std, "u_mean": u_mean, "u_std": u_std}
@@ -57,14 +63,22 @@ def dataset_from_arrays(
         normalization = {"y_mean": torch.zeros(y.shape[-1]), "y_std": torch.ones(y.shape[-1]),
                          "u_mean": torch.zeros(u.shape[-1]), "u_std": torch.ones(u.shape[-1])}
     stats = {key: torch.as_tensor(normalization[key], dtype=torch.float64) for key in ("y_mean", "y_std", "u_mean", "u_std")}
+    bad = [key for key, value in stats.items() if not bool(torch.isfinite(value).all())
+           or (key.endswith("_std") and not bool((value > 0).all()))]
+    if bad:
+        raise ValueError(f"normalization {bad} must be finite (and the stds positive), got "
+                         f"{ {key: stats[key].tolist() for key in bad} }")
     if stats["y_mean"].shape != (y.shape[-1],) or stats["u_mean"].shape != (u.shape[-1],):
         raise ValueError(f"normalization is for {stats['y_mean'].shape[0]} observation and {stats['u_mean'].shape[0]} "
                          f"control dimensions, but y has {y.shape[-1]} and u {u.shape[-1]}; pass the statistics of "
                          "a dataset with the same dimensions")
-    y = (y.double() - stats["y_mean"]) / stats["y_std"]
-    u = (u.double() - stats["u_mean"]) / stats["u_std"]
+    y = ((y.double() - stats["y_mean"]) / stats["y_std"]).float()
+    u = ((u.double() - stats["u_mean"]) / stats["u_std"]).float()
+    for values, what in ((y, "y"), (u, "u")):
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"{what} holds values beyond float32 (about ±3.4e38) once whitened; rescale it first")
     return SequenceDataset(
-        name=name, split=split, y=y.float(), u=u.float(), dt=float(dt),
+        name=name, split=split, y=y, u=u, dt=float(dt),
         window_length=y.shape[1] if window_length is None else window_length,
         normalization={key: value.float() for key, value in stats.items()},
         source=f"user arrays, {y.shape[0]} sequences of {y.shape[1]} steps" + (", whitened" if normalize else ""))

@@ -57,9 +57,18 @@ def observation_and_jacobian(
     return value, jac
 
 # %% ../nbs/01_ekf.ipynb
+def _check_tensor(x, name: str, shape: str) -> None:
+    "Raise ValueError unless `x` is a float32 or float64 torch tensor, saying how to make it one."
+    if not isinstance(x, torch.Tensor):
+        hint = f"; convert it with torch.as_tensor({name})" if hasattr(x, "__array__") else ""
+        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}{hint}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{name} has dtype {x.dtype}, but the filter runs in float32 or float64; "
+                         f"convert with {name}.float() or {name}.double()")
+
+
 def _check_matrix(M, size, batch, name, dtype, values):
-    if not isinstance(M, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape ({size}, {size}) or ({batch}, {size}, {size})")
+    _check_tensor(M, name, f"({size}, {size}) or ({batch}, {size}, {size})")
     if M.dtype != dtype:
         raise ValueError(f"{name} has dtype {M.dtype} but the observations have {dtype}; convert with .to({dtype})")
     if M.shape not in ((size, size), (batch, size, size)):
@@ -78,17 +87,19 @@ def _check_matrix(M, size, batch, name, dtype, values):
 
 
 def _check_sequence_inputs(y, u, mask, mu0, P0, Q, R, values=True):
-    if not isinstance(y, torch.Tensor) or y.ndim != 3:
-        raise ValueError(f"y must be a tensor of shape (B, T, p), got {getattr(y, 'shape', type(y))}")
-    if not y.is_floating_point():
-        raise ValueError(f"y must be floating point, got {y.dtype}; convert with y.float() or y.double()")
+    _check_tensor(y, "y", "(B, T, p)")
+    if y.ndim != 3:
+        raise ValueError(f"y must have shape (B, T, p), got {tuple(y.shape)}")
     B, T, p = y.shape
     if T == 0:
         raise ValueError("y has no time steps (T = 0)")
+    _check_tensor(mu0, "mu0", f"(n,) or ({B}, n)")
     if mu0.ndim not in (1, 2) or (mu0.ndim == 2 and mu0.shape[0] != B):
         raise ValueError(f"mu0 must have shape (n,) or ({B}, n), got {tuple(mu0.shape)}")
     if mu0.dtype != y.dtype:
         raise ValueError(f"mu0 has dtype {mu0.dtype} but y has {y.dtype}; convert with .to({y.dtype})")
+    if values and not bool(torch.isfinite(mu0).all()):
+        raise ValueError("mu0 contains NaN or inf")
     n = mu0.shape[-1]
     _check_matrix(P0, n, B, "P0", y.dtype, values)
     _check_matrix(Q, n, B, "Q", y.dtype, values)
@@ -437,8 +448,7 @@ def rts_smoother(
     B, T, n = filtered.filtered_means.shape
     if u is not None and (u.ndim != 3 or u.shape[:2] != (B, T)):
         raise ValueError(f"u must have shape ({B}, {T}, m) like the filtered sequence, got {tuple(u.shape)}")
-    if Q.shape not in ((n, n), (B, n, n)):
-        raise ValueError(f"Q must have shape ({n}, {n}) or ({B}, {n}, {n}), got {tuple(Q.shape)}")
+    _check_matrix(Q, n, B, "Q", filtered.filtered_means.dtype, checked)
     fm, fc = filtered.filtered_means, filtered.filtered_covs
     pm, pc = filtered.predicted_means, filtered.predicted_covs
     if T == 1:
@@ -492,19 +502,24 @@ def ekf_predict(
     steps: int,  # number of beliefs returned, the given one included
     u: torch.Tensor | None = None,  # controls `(B, ≥steps-1, m)`; `u[:, k]` drives step k -> k+1
     *,
+    checked: bool = True,  # check that mu is finite and P, Q and R are symmetric positive definite
     cov_regularizer: float = 0.0,  # ε as given to `ekf_filter`: each time update reads `Σ + εI` and adds `εI`
 ) -> PredictResult:
     "Open-loop EKF prediction of latent and observation beliefs."
     _check_regularizer(cov_regularizer)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int (the given belief counts as the first), got {steps!r}")
+    _check_tensor(mu, "mu", "(B, n)")
+    _check_tensor(P, "P", "(B, n, n)")
     if mu.ndim != 2 or P.shape != (*mu.shape, mu.shape[-1]):
         raise ValueError(f"mu must be (B, n) and P (B, n, n), got {tuple(mu.shape)} and {tuple(P.shape)}")
     B, n = mu.shape
+    _check_tensor(R, "R", "(p, p) or (B, p, p)")
     p = R.shape[-1]
-    if Q.shape not in ((n, n), (B, n, n)) or R.shape not in ((p, p), (B, p, p)):
-        raise ValueError(f"Q must be ({n}, {n}) or ({B}, {n}, {n}) and R (p, p) or ({B}, p, p); "
-                         f"got {tuple(Q.shape)} and {tuple(R.shape)}")
+    if checked and not bool(torch.isfinite(mu).all()):
+        raise ValueError("mu contains NaN or inf")
+    for M, size, name in ((P, n, "P"), (Q, n, "Q"), (R, p, "R")):
+        _check_matrix(M, size, B, name, mu.dtype, checked)
     if u is not None and (u.ndim != 3 or u.shape[0] != B or u.shape[1] < steps - 1):
         raise ValueError(f"u must have shape ({B}, ≥{steps - 1}, m) for {steps} steps, got {tuple(u.shape)}")
     Q = Q.expand(B, n, n)

@@ -836,10 +836,10 @@ class EKFModel(nn.Module):
                                       checked=checked, cov_regularizer=self.cov_regularizer)
 
     def predict(self, mean: torch.Tensor, cov: torch.Tensor, steps: int,
-                u: torch.Tensor | None = None) -> PredictResult:
+                u: torch.Tensor | None = None, *, checked: bool = True) -> PredictResult:
         "Open-loop prediction of `steps` beliefs from `(mean (B,n), cov (B,n,n))`, the given one first."
         return ekf_predict(self.dynamics, self.observation, mean, cov, self.dynamics_cov(), self.obs_cov(), steps,
-                           u=self._controls(u, mean), cov_regularizer=self.cov_regularizer)
+                           u=self._controls(u, mean), checked=checked, cov_regularizer=self.cov_regularizer)
 
     def forecast(
         self,

@@ -51,8 +51,8 @@ def _obs_log_lik(model, means, covs, y, mask, checked):
     return _log_lik_under(obs_mean, obs_cov, y, mask, checked)
 
 
-def _replay(model, smoothed, u, steps):
-    return model.predict(smoothed.smoothed_means[:, 0], smoothed.smoothed_covs[:, 0], steps, u)
+def _replay(model, smoothed, u, steps, checked):
+    return model.predict(smoothed.smoothed_means[:, 0], smoothed.smoothed_covs[:, 0], steps, u, checked=checked)
 
 
 def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, latent_replay, checked):
@@ -64,7 +64,7 @@ def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, 
     parts = {"smooth_log_lik": smooth_ll, "kl": kl}
     loss = -alpha * smooth_ll + beta * ramp(iteration, kl_anneal) * kl
     if alpha < 1:
-        replay = _replay(model, smoothed, u, T)
+        replay = _replay(model, smoothed, u, T, checked)
         if latent_replay:
             targets = smoothed.smoothed_means.detach()
             replay_ll = _log_prob(targets, replay.means, replay.covs, checked).mean()
@@ -105,7 +105,7 @@ def sro(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 0.5, 
     parts = {"one_step_log_lik": one_step}
     loss = -alpha * one_step
     if alpha < 1:
-        replay = _replay(model, smoothed, u, y.shape[1])
+        replay = _replay(model, smoothed, u, y.shape[1], checked)
         replay_ll = _mean_over(_log_lik_under(replay.obs_means, replay.obs_covs, y, mask, checked), mask)
         parts["replay_log_lik"] = replay_ll
         loss = loss - (1 - alpha) * ramp(iteration, burn_in) * replay_ll

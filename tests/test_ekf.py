@@ -233,7 +233,11 @@ def _bad(**changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(y=torch.randn(4, 7, **F64)), "y must be a tensor of shape"),
+    (dict(y=torch.randn(4, 7, **F64)), r"y must have shape \(B, T, p\)"),
+    (dict(y=torch.randn(4, 7, 2, **F64).numpy()), r"y must be a torch.Tensor of shape \(B, T, p\), got ndarray; "
+                                                   r"convert it with torch.as_tensor\(y\)"),
+    (dict(y=torch.randn(4, 7, 2).half()), "y has dtype torch.float16, but the filter runs in float32 or float64"),
+    (dict(mu0=torch.tensor([0.0, float("nan"), 0.0], **F64)), "mu0 contains NaN or inf"),
     (dict(u=torch.randn(4, 6, 2, **F64)), "u must have shape"),
     (dict(mask=torch.ones(4, 6, dtype=torch.bool)), "mask must have shape"),
     (dict(mask=torch.ones(4, 7)), "mask must be a bool"),
@@ -273,6 +277,18 @@ def test_smoother_and_predictor_reject_bad_input():
         ekf_predict(dyn, obs, mu0.expand(4, 3), P0.expand(4, 3, 3), Q, R, 0)
     with pytest.raises(ValueError, match="u must have shape"):
         ekf_predict(dyn, obs, mu0.expand(4, 3), P0.expand(4, 3, 3), Q, R, 10, u=u)
+    with pytest.raises(ValueError, match="P is not positive definite"):
+        ekf_predict(dyn, obs, mu0.expand(4, 3), -torch.eye(3, **F64).expand(4, 3, 3), Q, R, 5, u=u)
+    with pytest.raises(ValueError, match="Q contains NaN"):
+        ekf_predict(dyn, obs, mu0.expand(4, 3), P0.expand(4, 3, 3), torch.full((3, 3), float("nan"), **F64), R, 5, u=u)
+    with pytest.raises(ValueError, match="mu contains NaN"):
+        ekf_predict(dyn, obs, torch.full((4, 3), float("nan"), **F64), P0.expand(4, 3, 3), Q, R, 5, u=u)
+    asymmetric = Q.clone()
+    asymmetric[0, 1] += 0.5
+    with pytest.raises(ValueError, match="Q is not symmetric"):
+        rts_smoother(dyn, res, asymmetric, u=u)
+    with pytest.raises(ValueError, match="Q contains NaN"):
+        rts_smoother(dyn, res, torch.full((3, 3), float("nan"), **F64), u=u)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
