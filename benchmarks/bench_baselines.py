@@ -2,8 +2,8 @@
 
 Usage: python benchmarks/bench_baselines.py [--repeats N]
 Prints one JSON line per configuration (one CPU thread, median over repeats after warm-up):
-- train_planet_pend_img: SPEC §5 row planet_pend_img, 16x16 frames, 1-D torque, T=33, batch 8, clip 500;
-- train_planet_push: SPEC §5 row planet_push, obs 2-D, controls 6-D, T=50, batch 16, clip 100.
+- train_planet_pend_img: the paper's training protocol row planet_pend_img, 16x16 frames, 1-D torque, T=33, batch 8, clip 500;
+- train_planet_push: the paper's training protocol row planet_push, obs 2-D, controls 6-D, T=50, batch 16, clip 100.
 """
 
 import torch

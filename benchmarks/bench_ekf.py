@@ -1,7 +1,7 @@
 """Speed of the EKF core: forward + backward of filter, smoother and whole-window replay (one training loss).
 
 Usage: python benchmarks/bench_ekf.py [--repeats N] [--python-loops]
-Prints one JSON line per SPEC §10 configuration, then a table beside the reference times.
+Prints one JSON line per paper-size configuration, then a table beside the reference times.
 """
 
 import torch

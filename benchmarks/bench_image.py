@@ -9,7 +9,7 @@ import torch
 from common import benchmark_parser, parse_single_threaded, report, time_it
 from replay_overshooting.image_models import ImageEKFModel
 
-# SPEC §5 dt_ekf_kvae_pend_img: state 3, image latent 2, one control, 16x16 frames, window 33, batch 4,
+# the paper's training protocol dt_ekf_kvae_pend_img: state 3, image latent 2, one control, 16x16 frames, window 33, batch 4,
 # EKF MLPs 3x64, VRO with alpha 0.5 and beta 2; iteration past burn-in and KL annealing (every term at full weight).
 PENDULUM = dict(latent_dim=3, obs_dim=2, ctrl_dim=1, image_size=16, batch=4, T=33, hidden=64)
 FULL_WEIGHT_ITERATION = 10_000

@@ -3,7 +3,7 @@
 Usage: python benchmarks/bench_multiseed.py [--repeats N] [--seeds 1 4 16] [--configs vdp push]
 
 One training iteration as `train` runs it (objective + backward + gradient clipping + Adam), at full loss
-weights (as SPEC §10 times it), on the SPEC §10 vdp and push sizes. Prints one JSON line per measurement:
+weights (as the speed reference times it), on the paper's vdp and push sizes. Prints one JSON line per measurement:
   multiseed_<config>_solo   one model, the solo `train` step;
   multiseed_<config>_k<K>   K stacked models under `vmap` (`train(config, seeds=[...])`): `median_s` per
                             iteration of all K, `per_run_s` = median_s / K, `solo_s` the solo step measured
@@ -24,7 +24,7 @@ FULL_WEIGHTS = 10**6  # an iteration past every burn-in and annealing ramp
 
 
 def models_and_data(cfg, num_models):
-    "`num_models` models of one SPEC §10 configuration (seeds 0, 1, ...) and random batches `(K, B, T, ·)`."
+    "`num_models` models of one paper-size configuration (seeds 0, 1, ...) and random batches `(K, B, T, ·)`."
     models = []
     for seed in range(num_models):
         torch.manual_seed(seed)

@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [-
                                         [--compile] [--python-loops]
 
 Prints one JSON line per measurement, then a table:
-  train_vdp, train_push, train_pend      the SPEC §10 configurations, beside the reference times;
+  train_vdp, train_push, train_pend      the paper-size configurations, beside the reference times;
   train_*_compiled, sweep_compiled       with --compile: the same with `EKFModel(compile=True)` (the networks
                                          through `torch.compile`, the recursions in C++ where built); `compile_s`
                                          is the time of the first two iterations, which compile the kernels
@@ -36,7 +36,7 @@ SWEEP_DEFAULT = [(50, 16, 8), (200, 16, 8), (1000, 16, 8), (50, 256, 8), (50, 10
 
 
 def training_step(model, y, u):
-    "One iteration at full loss weights (iteration past burn-in and KL anneal), as SPEC §10 times it."
+    "One iteration at full loss weights (iteration past burn-in and KL anneal), as the speed reference times it."
     optimizer = _adam(model.parameters(), 1e-3)  # as `train` does
 
     def step():

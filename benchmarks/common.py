@@ -8,10 +8,10 @@ import torch
 
 from replay_overshooting.native import hold_freed_memory, native_loops, use_native_loops
 
-# SPEC §10: the reference implementation's seconds per training iteration, one core, CPU, torch 2.13.
+# The reference implementation's seconds per training iteration, one core, CPU, torch 2.13.
 REFERENCE_SECONDS = {"vdp": 0.093, "push": 0.354, "pend": 0.150}
 
-# SPEC §10 configurations: latent n, observation p, control m, window T, batch B, hidden units.
+# The paper-size configurations: latent n, observation p, control m, window T, batch B, hidden units.
 CONFIGS = {
     "vdp": dict(latent_dim=2, obs_dim=2, ctrl_dim=0, T=21, batch=8, hidden=32),
     "push": dict(latent_dim=8, obs_dim=2, ctrl_dim=6, T=50, batch=16, hidden=64),

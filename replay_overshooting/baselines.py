@@ -594,7 +594,7 @@ PAPER_BASELINES = {
 
 
 def paper_baseline(name: str) -> nn.Module:
-    "A freshly initialised baseline of the SPEC §5 row `name` (e.g. `'planet_push'`, `'gssm_pend_img'`)."
+    "A freshly initialised baseline of the the paper's training protocol row `name` (e.g. `'planet_push'`, `'gssm_pend_img'`)."
     if name not in PAPER_BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(PAPER_BASELINES)}")
     model_class, options = PAPER_BASELINES[name]

@@ -408,7 +408,7 @@ def compare(
     *,
     filter_points: int = 5,  # F of the rows to show
     predict_steps: int = 20,  # P of the rows to show
-    published: bool = True,  # add the paper's numbers (SPEC §9) beside corresponding runs
+    published: bool = True,  # add the paper's published numbers beside corresponding runs
 ) -> str:  # a markdown table, one row per run at (F, P)
     "Markdown table comparing evaluated runs at (F, P), with the published numbers beside them."
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)

@@ -341,7 +341,7 @@ class ImageEKFModel(nn.Module):
         min_variance: float = 1e-4,  # floor of the encoder variance
         objective: str = "vro",  # EKF objective on the encoded sequence: vro, sro, lro, none or s_ekf
         alpha: float = 0.5,  # replay/likelihood mix of the objective
-        beta: float = 2.0,  # KL weight of the objective (SPEC §5: 2 for every image config)
+        beta: float = 2.0,  # KL weight of the objective (the paper's training protocol: 2 for every image config)
         burn_in: int = 100,  # replay warm-up iterations
         kl_anneal: int = 1000,  # KL warm-up iterations
         **ekf_options,  # passed to `EKFModel`: dynamics ("discrete", "continuous", "ensemble"), hidden, ...

@@ -50,7 +50,7 @@ LR_SCHEDULES = ("lr1", "lr2", "lr5", "constant")
 
 
 def learning_rate(schedule: str, lr: float, iteration: int) -> float:
-    "The learning rate at `iteration` under a SPEC §5 schedule with base rate `lr`."
+    "The learning rate at `iteration` under a the paper's training protocol schedule with base rate `lr`."
     if schedule == "lr5":
         return max(lr * 0.9 ** (iteration // 100), 1e-6)
     if schedule == "lr2":

@@ -85,7 +85,7 @@ def assert_relative(got, expected, tol):
 
 
 @pytest.mark.parametrize("solver, tol", [
-    (dict(), 1e-7),  # SPEC defaults: dopri5, rtol 1e-7, atol 1e-9
+    (dict(), 1e-7),  # the paper code's defaults: dopri5, rtol 1e-7, atol 1e-9
     (TIGHT, 1e-9),
     (dict(method="rk4", options={"step_size": 0.5 / 40}), 1e-7),
 ])

@@ -96,7 +96,7 @@ _PUSH_ITERATION_FAULTS = """
     from replay_overshooting.objectives import vro
     held = hold_freed_memory() if os.environ["HOLD"] == "1" else None
     torch.manual_seed(0)
-    model, y, u = EKFModel(8, 2, 6), torch.randn(16, 50, 2), torch.randn(16, 50, 6)  # SPEC §10 push sizes
+    model, y, u = EKFModel(8, 2, 6), torch.randn(16, 50, 2), torch.randn(16, 50, 6)  # the paper-size push sizes
     def iteration():
         model.zero_grad(set_to_none=True)
         vro(model, y, u, iteration=10**6)[0].backward()

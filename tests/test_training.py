@@ -51,7 +51,7 @@ def test_load_run_restores_float64_weights_exactly(tmp_path):
 
 def test_registry_covers_the_paper():
     base = [n for n in EXPERIMENTS if not n.startswith(("sro_", "s_ekf_"))]
-    assert len(base) == 18  # the VdP example, the 16 experiments of SPEC §5 and the pendulum-latent DT-EKF
+    assert len(base) == 18  # the VdP example, the 16 experiments of the paper's training protocol and the pendulum-latent DT-EKF
     for name in base:
         config = EXPERIMENTS[name]
         has_variants = config.model in ("ekf", "image_ekf") and config.objective != "none"
