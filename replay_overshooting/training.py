@@ -119,6 +119,9 @@ class ExperimentConfig:
             raise ValueError(f"these settings must be positive: {bad}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        negative = {key: getattr(self, key) for key in ("beta", "burn_in", "kl_anneal") if getattr(self, key) < 0}
+        if negative:
+            raise ValueError(f"these settings must not be negative: {negative}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         resolve_device(self.device)

@@ -99,6 +99,12 @@ def test_resume_refuses_a_different_config(tmp_path):
     (dict(lr_schedule="cosine"), "unknown lr_schedule"),
     (dict(device="cuda:7"), "device"),
     (dict(dtype="float16"), "dtype"),
+    (dict(beta=-1.0), "must not be negative: {'beta': -1.0}"),
+    (dict(kl_anneal=-5), "must not be negative: {'kl_anneal': -5}"),
+    (dict(lr="abc"), "config field lr must be float, got 'abc'"),
+    (dict(batch_size="4"), "config field batch_size must be int, got '4'"),
+    (dict(epochs=0.5), "config field epochs must be int, got 0.5"),
+    (dict(seed="0"), "config field seed must be int, got '0'"),
 ])
 def test_bad_configs_fail_before_work(changes, message):
     if changes.get("device", "").startswith("cuda") and torch.cuda.is_available():
