@@ -750,7 +750,7 @@ def _train_seeds(config, seeds, *, resume, progress, callback, dataset, run_dir)
     configs = [config.replace(seed=seed) for seed in seeds]
     run_dirs = [base_dir / f"seed{seed}" for seed in seeds]
     callbacks = [_with_seed(callback, seed) for seed in seeds]
-    if not _vectorisable(config):
+    if not _vectorisable(config) or (resume and len(_checkpoint_iterations(run_dirs)) > 1):
         return [_train(c, resume=resume, progress=progress, callback=cb, dataset=dataset, run_dir=d, seeds=None)
                 for c, cb, d in zip(configs, callbacks, run_dirs)]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -809,6 +809,13 @@ def _stacked_optimizer_state(seed_states: list) -> dict:
     return {"state": state, "param_groups": first["param_groups"]}
 
 
+def _checkpoint_iterations(run_dirs: list) -> set:
+    """The iterations at which the seeds' existing checkpoints stop. Seeds stopped at different iterations (a
+    kill between two seeds' saves) are resumed one after another, each from its own checkpoint."""
+    paths = [d / "checkpoint.pt" for d in run_dirs if (d / "checkpoint.pt").exists()]
+    return {_load_verified(path, "cpu", weights_only=False)["iteration"] for path in paths}
+
+
 def _seed_checkpoints(configs, run_dirs, resume, device):
     "The seeds' checkpoints to resume from, or None to start afresh; refuses to overwrite or mix."
     paths = [d / "checkpoint.pt" for d in run_dirs]
@@ -825,10 +832,6 @@ def _seed_checkpoints(configs, run_dirs, resume, device):
     for config, state, path in zip(configs, states, paths):
         if state["config"] != config.to_dict():
             raise ValueError(f"{path.parent} was trained with a different config; resume with the same config")
-    iterations = sorted({state["iteration"] for state in states})
-    if len(iterations) > 1:
-        raise ValueError(f"the seeds' checkpoints stop at different iterations {iterations}; bring them level "
-                         "with solo train(config.replace(seed=s), resume=True, run_dir=...) first")
     return states
 
 

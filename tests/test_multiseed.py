@@ -143,6 +143,27 @@ def test_resume_continues_every_seed(tmp_path):
                                    rtol=tolerance, atol=0.0)
 
 
+def test_seeds_stopped_at_different_iterations_each_resume(tmp_path):
+    config = example(tmp_path, max_iterations=6, checkpoint_every=2)
+    whole = train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "whole")
+
+    def stop(iteration, row):
+        if iteration == 3 and row["seed"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "cut", callback=stop)
+    train(config.replace(seed=0), progress=False, run_dir=tmp_path / "cut" / "seed0", resume=True)  # seed 0 ahead
+    resumed = train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "cut", resume=True)
+    assert resumed[0].history == [] and resumed[1].history[0]["iteration"] == 2  # each from its own checkpoint
+    for seed, full in zip([0, 1], whole):
+        with open(tmp_path / "cut" / f"seed{seed}" / "metrics.csv") as handle:
+            losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+        torch.testing.assert_close(torch.tensor(losses, dtype=torch.float64),
+                                   torch.tensor([r["loss"] for r in full.history], dtype=torch.float64),
+                                   rtol=1e-8, atol=0.0)
+
+
 def test_continuous_time_falls_back_to_one_seed_after_another(tmp_path):
     config = example(tmp_path, max_iterations=1, model_options={"latent_dim": 2, "hidden": 8,
                                                               "dynamics": "continuous", "dt": 0.1})
