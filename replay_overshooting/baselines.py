@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .image_models import (NUM_GREY_LEVELS, conv_stages, frame_mixture, grey_levels,
-                                              pixel_categorical_nll)
+                                              pixel_categorical_nll, score_frame_levels)
 from .models import Forecast
 
 # %% ../nbs/07_baselines.ipynb
@@ -187,11 +187,7 @@ class ImageObservations(nn.Module):
         S, B, P = features.shape[:3]
         levels = None
         if score_frames is not None:
-            size = self.image_size
-            if tuple(score_frames.shape) != (B, P, size, size):
-                raise ValueError(f"score_frames must be the true next frames of shape {(B, P, size, size)}, "
-                                 f"got {tuple(score_frames.shape)}")
-            levels = grey_levels(score_frames).flatten(0, 1)
+            levels = score_frame_levels(score_frames, B, P, self.image_size).flatten(0, 1)
         frames = features.flatten(1, 2)  # (S, B*P, feature_dim)
         log_probs, samples = frame_mixture(lambda rows: self.pixel_features(frames[:, rows]), S, B * P,
                                            self.grey_level_logits.weight, self.grey_level_logits.bias, levels)

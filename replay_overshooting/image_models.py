@@ -4,7 +4,8 @@
 
 # %% auto 0
 __all__ = ['NUM_GREY_LEVELS', 'grey_levels', 'image_nll', 'sample_image', 'expected_image', 'pixel_categorical_nll',
-           'pixel_mixture', 'frame_mixture', 'conv_stages', 'ImageEncoder', 'ImageDecoder', 'ImageEKFModel']
+           'pixel_mixture', 'frame_mixture', 'conv_stages', 'ImageEncoder', 'ImageDecoder', 'score_frame_levels',
+           'ImageEKFModel']
 
 # %% ../nbs/06_image_models.ipynb
 import math
@@ -311,8 +312,13 @@ class ImageDecoder(nn.Module):
         return pixel_categorical_nll(features, self.levels.weight, self.levels.bias, levels).sum((-2, -1))
 
 # %% ../nbs/06_image_models.ipynb
-def _score_levels(frames, batch, steps, size):
-    "Grey levels `(B, P, H, W)` of the true frames a forecast is asked to score, checked against its shape."
+def score_frame_levels(
+    frames,  # the true next frames `(B, P, H, W)` a forecast is asked to score (`score_frames`)
+    batch: int,  # B of the forecast
+    steps: int,  # P of the forecast
+    size: int,  # H = W of the model's frames
+) -> torch.Tensor:  # their grey levels `(B, P, H, W)`, int64
+    "Grey levels of the frames a forecast is asked to score, after checking they have the forecast's shape."
     if not isinstance(frames, torch.Tensor) or tuple(frames.shape) != (batch, steps, size, size):
         raise ValueError(f"score_frames must be the true next frames of shape {(batch, steps, size, size)}, "
                          f"got {getattr(frames, 'shape', None)}")
@@ -457,16 +463,12 @@ class ImageEKFModel(nn.Module):
             a = frames[:, rows]
             k = a.shape[1]
             cond = None if frame_condition is None else frame_condition[rows].repeat(S, 1)
-            return self.decoder.pixel_features(a.reshape(S * k, p), cond).view(S, k, *self.decoder_shape)
+            features = self.decoder.pixel_features(a.reshape(S * k, p), cond)  # (S*k, H, W, C)
+            return features.view(S, k, *features.shape[1:])
 
         log_probs, means = frame_mixture(decode, S, B * P, self.decoder.levels.weight, self.decoder.levels.bias,
                                          None if levels is None else levels.flatten(0, 1))
         return log_probs.view(B, P, *log_probs.shape[1:]), means.view(S, B, P, *means.shape[2:])
-
-    @property
-    def decoder_shape(self) -> tuple[int, int, int]:
-        "`(H, W, C)` of the decoder's per-pixel features."
-        return (self.image_size, self.image_size, self.decoder.levels.in_features)
 
     def forecast(
         self,
@@ -485,7 +487,7 @@ class ImageEKFModel(nn.Module):
             raise ValueError(f"num_samples must be a positive int (the pixel predictive mixes them), got {num_samples!r}")
         mean, _ = self.encode(self._frames(images), condition)
         latent = self.ekf.forecast(mean, u, predict_steps=predict_steps, num_samples=num_samples, generator=generator)
-        levels = None if score_frames is None else _score_levels(score_frames, mean.shape[0], predict_steps,
+        levels = None if score_frames is None else score_frame_levels(score_frames, mean.shape[0], predict_steps,
                                                                  self.image_size)
         log_probs, mean_frames = self._mixture(latent.samples, condition, levels)
         if levels is not None:

@@ -119,7 +119,9 @@ def test_failed_factorisation_falls_back_to_the_checked_path(tmp_path, monkeypat
     assert_equals_solo(runs, config, tmp_path, vectorised=False)  # every loss was recomputed on the solo path
 
 
-def test_resume_continues_every_seed(tmp_path):
+def _whole_and_cut(tmp_path):
+    """A 2-seed run to the end (`whole`), and the same run killed during iteration 3 (`tmp_path / "cut"`), whose
+    checkpoints are at iteration 2; returns the config and the whole run's results."""
     config = example(tmp_path, max_iterations=6, checkpoint_every=2)
     whole = train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "whole")
 
@@ -129,6 +131,11 @@ def test_resume_continues_every_seed(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "cut", callback=stop)
+    return config, whole
+
+
+def test_resume_continues_every_seed(tmp_path):
+    config, whole = _whole_and_cut(tmp_path)
     with pytest.raises(FileExistsError, match="already holds a checkpoint"):
         train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "cut")
     shutil.copytree(tmp_path / "cut" / "seed1", tmp_path / "solo_cut")  # a seed's checkpoint is a solo one
@@ -144,15 +151,7 @@ def test_resume_continues_every_seed(tmp_path):
 
 
 def test_seeds_stopped_at_different_iterations_each_resume(tmp_path):
-    config = example(tmp_path, max_iterations=6, checkpoint_every=2)
-    whole = train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "whole")
-
-    def stop(iteration, row):
-        if iteration == 3 and row["seed"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "cut", callback=stop)
+    config, whole = _whole_and_cut(tmp_path)
     train(config.replace(seed=0), progress=False, run_dir=tmp_path / "cut" / "seed0", resume=True)  # seed 0 ahead
     resumed = train(config, seeds=[0, 1], progress=False, run_dir=tmp_path / "cut", resume=True)
     assert resumed[0].history == [] and resumed[1].history[0]["iteration"] == 2  # each from its own checkpoint

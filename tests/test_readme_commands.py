@@ -43,17 +43,20 @@ def tiny(command: str, data_dir: Path) -> list[str] | None:
             extra += ["-p", "max_iterations", "2"]
         if "data_dir" not in parameters:
             extra += ["-p", "data_dir", str(data_dir)]
-        argv = [sys.executable, "-m", "papermill", *argv[1:], *extra, "-p", "batch_size", "4"]
-        return [str(ROOT / a) if a.startswith("nbs/") else a for a in argv]
+        return _papermill(argv, *extra, "-p", "batch_size", "4")
     if argv[:2] == ["papermill", "nbs/evaluate.ipynb"]:
-        argv = [sys.executable, "-m", "papermill", *argv[1:], "-p", "predict_steps", "10"]
-        return [str(ROOT / a) if a.startswith("nbs/") else a for a in argv]
+        return _papermill(argv, "-p", "predict_steps", "10")
     if argv[:3] == ["python", "-m", "replay_overshooting.reproduce"]:
         if argv[3] != "vdp":
             return None
         return [sys.executable, *argv[1:], "--max-iterations", "2", "--seeds", "0", "--variants", "example",
                 "--data-dir", str(data_dir), "--out-dir", "results"]
     raise AssertionError(f"a README command this test does not know how to run: {command!r}")
+
+
+def _papermill(argv: list[str], *extra: str) -> list[str]:
+    "A `papermill nbs/…` command run by this interpreter from any directory, with `extra` options appended."
+    return [sys.executable, "-m", "papermill", str(ROOT / argv[1]), *argv[2:], *extra]
 
 
 def _parameters(argv: list[str]) -> dict:
