@@ -1,6 +1,6 @@
 """Speed of the EKF core: forward + backward of filter, smoother and whole-window replay (one training loss).
 
-Usage: python benchmarks/bench_ekf.py [--repeats N] [--python-loops]
+Usage: python benchmarks/bench_ekf.py [--repeats N] [--backend NAME]
 Prints one JSON line per paper-size configuration, then a table beside the reference times.
 """
 
@@ -19,8 +19,8 @@ def loss_work(model, y, u):
     replay = model.predict(smoothed.smoothed_means[:, 0], smoothed.smoothed_covs[:, 0], y.shape[1], u)
     R = model.obs_cov()
     smooth_mean, smooth_cov = observation_moments(model.observation, smoothed.smoothed_means,
-                                                  smoothed.smoothed_covs, R)
-    replay_mean, replay_cov = observation_moments(model.observation, replay.means, replay.covs, R)
+                                                  smoothed.smoothed_covs, obs_cov=R)
+    replay_mean, replay_cov = observation_moments(model.observation, replay.means, replay.covs, obs_cov=R)
     loss = -(filtered.log_likelihoods.mean() + mvn_log_prob(y, smooth_mean, smooth_cov).mean()
              + mvn_log_prob(y, replay_mean, replay_cov).mean())
     loss = loss + mvn_kl(smoothed.smoothed_means, smoothed.smoothed_covs, smoothed.prior_means,

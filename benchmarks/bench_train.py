@@ -1,7 +1,7 @@
 """Speed of one whole training iteration: objective `vro` + backward + `torch.optim.Adam` step.
 
 Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [--sweep-only] [--sweep-devices cpu cuda]
-                                        [--compile] [--python-loops]
+                                        [--compile] [--backend NAME]
 
 Prints one JSON line per measurement, then a table:
   train_vdp, train_push, train_pend      the paper-size configurations, beside the reference times;
@@ -16,7 +16,7 @@ Prints one JSON line per measurement, then a table:
                                          does not fit prints `out_of_memory`).
 Every CPU measurement uses one thread and is the median of `--repeats` timed iterations after warm-up. The
 discrete-time EKF runs its filter, smoother and replay recursions in C++ where they are built (`cpp_loops` in
-each line); `--python-loops` times the Python recursions instead.
+each line); `--backend reference|fused|native|auto` times another backend (`00b_backends`).
 """
 import itertools
 import json

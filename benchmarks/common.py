@@ -1,12 +1,14 @@
 """Shared timing helpers for the benchmark scripts (one CPU thread, median of repeated runs)."""
 import argparse
 import json
+import os
 import statistics
 import time
 
 import torch
 
-from replay_overshooting.native import hold_freed_memory, native_loops, use_native_loops
+from replay_overshooting.backends import BACKEND_VARIABLE, BACKENDS, default_backend
+from replay_overshooting.native import hold_freed_memory, native_loops
 
 # The reference implementation's seconds per training iteration, one core, CPU, torch 2.13.
 REFERENCE_SECONDS = {"vdp": 0.093, "push": 0.354, "pend": 0.150}
@@ -45,13 +47,19 @@ def count_ops(fn):
 _held_freed_memory = False  # set by `parse_single_threaded`
 
 
+def _cpp_loops_on() -> bool:
+    "Whether the C++ loops are built and the default backend (`$REPLAY_OVERSHOOTING_BACKEND`) takes them."
+    return default_backend() in ("auto", "native") and native_loops() is not None
+
+
 def report(config, median_s, min_s, max_s, **extra):
-    """Print one JSON line of results; `cpp_loops` says whether the C++ recursions (`03a_native_loops`) ran (by
-    default whether they are on, which the discrete-time EKF with eager kernels on CPU uses; callers that know the
-    model pass it), and `held_freed_memory` whether malloc keeps freed memory as `train` has it do on CPU
-    (`hold_freed_memory`)."""
+    """Print one JSON line of results: `backend` is the default backend every call of this process ran with
+    (`--backend`), `cpp_loops` whether the C++ recursions (`03a_native_loops`) ran (by default whether that backend
+    may take them and they are built, which the discrete-time EKF with eager kernels on CPU then uses; callers
+    that know the model pass it), and `held_freed_memory` whether malloc keeps freed memory as `train` has it do
+    on CPU (`hold_freed_memory`)."""
     print(json.dumps({"config": config, "median_s": round(median_s, 5), "min_s": round(min_s, 5),
-                      "max_s": round(max_s, 5), "cpp_loops": native_loops() is not None,
+                      "max_s": round(max_s, 5), "backend": default_backend(), "cpp_loops": _cpp_loops_on(),
                       "held_freed_memory": _held_freed_memory, **extra}), flush=True)
 
 
@@ -59,8 +67,9 @@ def benchmark_parser(description, *, repeats=15):
     "The argument parser of a benchmark script: its docstring as help, and `--repeats`."
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per configuration")
-    parser.add_argument("--python-loops", action="store_true",
-                        help="run the Python recursions (filter, smoother, replay) instead of the C++ ones")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="the default backend of every call (00b_backends): reference, fused, native or auto "
+                             "(the library's default)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave malloc's settings alone (by default they are those `train` sets on CPU)")
     return parser
@@ -69,8 +78,8 @@ def benchmark_parser(description, *, repeats=15):
 def parse_single_threaded(parser):
     "Parse the command line, then pin torch to one thread and seed it, as every measurement here assumes."
     args = parser.parse_args()
-    if args.python_loops:
-        use_native_loops(False)
+    if args.backend is not None:  # the default backend of every call in this process
+        os.environ[BACKEND_VARIABLE] = args.backend
     global _held_freed_memory
     _held_freed_memory = not args.default_malloc and hold_freed_memory()
     torch.set_num_threads(1)

@@ -3,6 +3,8 @@ replay overshooting (Li, Wu & Kennedy, ICRA 2021).
 
 The parts, each taught by a notebook in `nbs/`:
 
+- `protocols`: what the filter asks of a model, and the result types (00c);
+- `backends`: which implementation runs, `backend="reference"`, `"fused"`, `"native"` or `"auto"` (00b);
 - `gaussian`, `ekf`, `continuous`: Gaussian helpers, the batched EKF, RTS smoother and predictor, and the
   continuous-time time update (01, 02);
 - `models`, `objectives`: `EKFModel` (discrete, continuous or ensemble dynamics) and the training objectives
@@ -20,9 +22,11 @@ A first run:
 """
 __version__ = "0.1.0"
 
+from . import native  # registers the C++ loops with `backends`, for the "native" and "auto" backends
 from .data import load_dataset
 from .evaluation import evaluate
-from .models import EKFModel, Forecast
+from .models import EKFModel
+from .protocols import Forecast
 from .objectives import get_objective
 from .training import EXPERIMENTS, get_experiment, load_run, train
 

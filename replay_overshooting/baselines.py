@@ -19,7 +19,7 @@ from torch import nn
 
 from .image_models import (NUM_GREY_LEVELS, conv_stages, frame_mixture, grey_levels,
                                               pixel_categorical_nll, score_frame_levels)
-from .models import Forecast
+from .protocols import Forecast
 
 # %% ../nbs/07_baselines.ipynb
 def positive_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:

@@ -18,10 +18,12 @@ def field_and_jacobian(
     vector_field: nn.Module,  # `(B, n+m) -> (B, n)`
     x: torch.Tensor,  # inputs `cat([z, u], -1)`, `(B, n+m)`
     wrt: int,  # differentiate with respect to the first `wrt` inputs (the state, `n`)
+    *,
+    backend: str | None = None,  # passed to the field's own `value_and_jacobian` where it has one
 ) -> tuple[torch.Tensor, torch.Tensor]:  # `dz/dt` `(B, n)` and Jacobians `(B, n, wrt)`
     "The vector field and its Jacobian with respect to the first `wrt` input columns, batched."
     if hasattr(vector_field, "value_and_jacobian"):
-        return vector_field.value_and_jacobian(x, wrt)
+        return vector_field.value_and_jacobian(x, wrt, backend=backend)
 
     def single(x1):
         out = vector_field(x1[None])[0]
@@ -85,11 +87,11 @@ class ContinuousDynamics(nn.Module):
         if M.dtype != dtype:
             raise ValueError(f"{name} has dtype {M.dtype} but the mean has {dtype}; convert with .to({dtype})")
 
-    def _velocity(self, z, u, with_jacobian):
+    def _velocity(self, z, u, with_jacobian, backend=None):
         "`dz/dt` `(B,n)`, and `A = ∂f/∂z` `(B,n,n)` when asked for."
         x = z if u is None else torch.cat([z, u], -1)
         if with_jacobian:
-            velocity, A = field_and_jacobian(self.vector_field, x, self.latent_dim)
+            velocity, A = field_and_jacobian(self.vector_field, x, self.latent_dim, backend=backend)
         else:
             velocity, A = self.vector_field(x), None
         if velocity.shape != z.shape:
@@ -117,13 +119,15 @@ class ContinuousDynamics(nn.Module):
         self,
         z: torch.Tensor,  # states `(B, n)`
         u: torch.Tensor | None = None,  # controls `(B, m)` or None
+        *,
+        backend: str | None = None,  # one of `BACKENDS` (`00b_backends`), for the field's value and Jacobian
     ) -> tuple[torch.Tensor, torch.Tensor]:  # `z(dt)` `(B, n)` and `Φ = ∂z(dt)/∂z(0)` `(B, n, n)`
         "The mean map and its Jacobian, the state-transition matrix, integrated together."
         self._check_state(z, u)
 
         def rhs(state):
             mean, Phi = state
-            velocity, A = self._velocity(mean, u, True)
+            velocity, A = self._velocity(mean, u, True, backend)
             return velocity, A @ Phi
         return self._integrate(rhs, (z, _identity_like(z)))
 
@@ -133,6 +137,8 @@ class ContinuousDynamics(nn.Module):
         cov: torch.Tensor,  # filtered covariance `(B, n, n)`
         u: torch.Tensor | None,  # controls `(B, m)` or None
         Q: torch.Tensor,  # process-noise spectral density (covariance per unit time) `(B, n, n)` or `(n, n)`
+        *,
+        backend: str | None = None,  # one of `BACKENDS` (`00b_backends`), for the field's value and Jacobian
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # next mean `(B,n)`, covariance `(B,n,n)`, `Φ` `(B,n,n)`
         "Time update of the continuous-discrete EKF: integrate mean, covariance and transition matrix over one step."
         self._check_state(mean, u)
@@ -142,7 +148,7 @@ class ContinuousDynamics(nn.Module):
 
         def rhs(state):
             m, P, Phi = state
-            velocity, A = self._velocity(m, u, True)
+            velocity, A = self._velocity(m, u, True, backend)
             AP = A @ P
             return velocity, AP + AP.mT + Q, A @ Phi
         next_mean, next_cov, Phi = self._integrate(rhs, (mean, cov.expand(B, -1, -1), _identity_like(mean)))

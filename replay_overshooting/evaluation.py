@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .data import SequenceDataset
 from .gaussian import NotPositiveDefiniteError, mvn_log_prob
 from .image_models import NUM_GREY_LEVELS, image_nll
-from .models import Forecast
+from .protocols import Forecast
 from .storage import atomic_write_text
 from .training import load_run
 

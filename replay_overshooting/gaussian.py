@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .native import native_loops_for
+from .backends import native_extension, resolve_backend
 
 # %% ../nbs/00_gaussian.ipynb
 @functools.cache
@@ -67,80 +67,80 @@ def psd_cholesky(
         "jitter); check it for NaNs, negative eigenvalues or a wrong parameterisation")
 
 # %% ../nbs/00_gaussian.ipynb
-def _inside_transforms() -> bool:
-    "Whether `torch.func` transforms (`vmap`, `grad`, `jacrev`) are active; they need plain recorded operations."
-    return torch._C._are_functorch_transforms_active()
-
-
 def _common_batch(*pairs) -> list[torch.Tensor]:
     "Each `(tensor, event_dims)` expanded to the broadcast batch shape of all of them (views, no copies)."
     batch = torch.broadcast_shapes(*(t.shape[:t.ndim - k] for t, k in pairs))
     return [t.expand(*batch, *t.shape[t.ndim - k:]) for t, k in pairs]
 
 
+def _native_loops(path: str, L: torch.Tensor):
+    "The C++ loops where `path` is \"native\" and they have kernels for `L`'s systems `(..., n, n)` (n up to their limit); else None."
+    loops = native_extension() if path == "native" else None
+    return loops if loops is not None and L.shape[-1] <= loops.loop_state_limit else None
+
+
 def _cholesky_solve(
     B: torch.Tensor,  # right-hand sides `(..., n, k)`
     L: torch.Tensor,  # lower Cholesky factors `(..., n, n)`, same batch shape
+    loops,  # the C++ loops (`_native_loops`), or None for `torch.cholesky_solve`
 ) -> torch.Tensor:  # `(LLᵀ)⁻¹ B`, `(..., n, k)`
-    "`torch.cholesky_solve(B, L)`, through the C++ loops for float CPU tensors where they are built."
-    loops = native_loops_for(L)
+    "`torch.cholesky_solve(B, L)`, or the C++ loops' small solves."
     if loops is None or B.shape[:-2] != L.shape[:-2]:
         return torch.cholesky_solve(B, L)
     flat = loops.small_cholesky_solve(B.reshape(-1, *B.shape[-2:]), L.reshape(-1, *L.shape[-2:]))
     return flat.view(B.shape)
 
 
-def _small_system_loops(L: torch.Tensor):
-    "The C++ loops where they run on `L`'s systems `(..., n, n)` (CPU floats, n up to their size limit); else None."
-    loops = native_loops_for(L)
-    return loops if loops is not None and L.shape[-1] <= loops.loop_state_limit else None
-
-
-def _cholesky_inverse(L: torch.Tensor) -> torch.Tensor:  # `(LLᵀ)⁻¹` `(..., n, n)` of factors `(..., n, n)`
-    "`torch.cholesky_inverse(L)` for batches, as `_cholesky_solve` of the identity."
-    if native_loops_for(L) is None:
+def _cholesky_inverse(L: torch.Tensor, loops) -> torch.Tensor:  # `(LLᵀ)⁻¹` `(..., n, n)` of factors `(..., n, n)`
+    "`torch.cholesky_inverse(L)` for batches, or `_cholesky_solve` of the identity in the C++ loops."
+    if loops is None:
         return torch.cholesky_inverse(L)
-    return _cholesky_solve(torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape), L)
+    return _cholesky_solve(torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape), L, loops)
 
 
 class _SPDSolve(torch.autograd.Function):
     "`X = A⁻¹B` `(..., n, k)` from the Cholesky factor `L` of `A`, with the closed-form backward above."
 
     @staticmethod
-    def forward(ctx, A, B, L):
-        X = _cholesky_solve(B, L)
+    def forward(ctx, A, B, L, loops):
+        X = _cholesky_solve(B, L, loops)
         ctx.save_for_backward(L, X)
+        ctx.loops = loops
         return X
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_X):
         L, X = ctx.saved_tensors
-        grad_B = _cholesky_solve(grad_X, L)
+        grad_B = _cholesky_solve(grad_X, L, ctx.loops)
         grad_A = symmetrize(grad_B @ X.mT).neg_() if ctx.needs_input_grad[0] else None
-        return grad_A, grad_B, None
+        return grad_A, grad_B, None, None
 
 
 def _solve(
     A: torch.Tensor,  # symmetric positive-definite `(..., n, n)`
     B: torch.Tensor,  # right-hand sides `(..., n, k)`
     factorise,  # `A -> L`, its Cholesky factor
+    backend: str | None = None,  # one of `BACKENDS` (`00b_backends`); None: the default
 ) -> torch.Tensor:  # `A⁻¹ B`, shape `(..., n, k)` (batch dimensions broadcast)
-    "`A⁻¹B` through `_SPDSolve`, or the plain `cholesky_solve` inside `torch.func` transforms."
-    if _inside_transforms():
+    "`A⁻¹B`: the plain `cholesky_solve` (reference path), or `_SPDSolve` (fused and native)."
+    path = resolve_backend(backend, B)
+    if path == "reference":
         return torch.cholesky_solve(B, factorise(A))
     L = factorise(A.detach())
     A, B, L = _common_batch((A, 2), (B, 2), (L, 2))
-    return _SPDSolve.apply(A, B, L)
+    return _SPDSolve.apply(A, B, L, _native_loops(path, L))
 
 # %% ../nbs/00_gaussian.ipynb
 def psd_solve(
     A: torch.Tensor,  # symmetric positive-definite `(..., n, n)`
     B: torch.Tensor,  # right-hand sides `(..., n, k)`
     name: str = "matrix",  # what `A` is, for warnings and errors
+    *,
+    backend: str | None = None,  # one of `BACKENDS` (`00b_backends`); None: the default
 ) -> torch.Tensor:  # `A⁻¹ B`, shape `(..., n, k)`
     "Solve `A X = B` through the Cholesky factor of `A`; gradients in closed form."
-    return _solve(A, B, functools.partial(psd_cholesky, name=name))
+    return _solve(A, B, functools.partial(psd_cholesky, name=name), backend)
 
 # %% ../nbs/00_gaussian.ipynb
 def _half_log_det(L):
@@ -158,10 +158,10 @@ class _GaussianLogDensity(torch.autograd.Function):
     "`log N(x; mean, cov)` `(...)` from the factor `L` of `cov`, with the closed-form backward above."
 
     @staticmethod
-    def forward(ctx, x, mean, cov, L):
+    def forward(ctx, x, mean, cov, L, loops):
         gap = x - mean
         ctx.save_for_backward(L, gap)
-        loops = _small_system_loops(L)
+        ctx.loops = loops
         if loops is None:
             return _log_density_from_factor(gap, L)
         n = gap.shape[-1]
@@ -171,27 +171,28 @@ class _GaussianLogDensity(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         L, gap = ctx.saved_tensors
-        loops, n = _small_system_loops(L), gap.shape[-1]
+        loops, n = ctx.loops, gap.shape[-1]
         if loops is not None:  # both gradients; autograd drops the covariance's where it needs none
             grad_mean, grad_cov = loops.gaussian_log_density_backward(gap.reshape(-1, n), L.reshape(-1, n, n),
                                                                       grad.reshape(-1))
             grad_mean, grad_cov = grad_mean.view(gap.shape), grad_cov.view(L.shape)
         else:
-            inverse = _cholesky_inverse(L)
+            inverse = _cholesky_inverse(L, None)
             alpha = inverse @ gap.unsqueeze(-1)  # (..., n, 1)
             g = grad[..., None, None]
             grad_mean = (g * alpha).squeeze(-1)
             grad_cov = (alpha * alpha.mT - inverse).mul_(0.5 * g) if ctx.needs_input_grad[2] else None
-        return -grad_mean, grad_mean, grad_cov, None
+        return -grad_mean, grad_mean, grad_cov, None, None
 
 
-def _log_density(x, mean, cov, factorise):
-    "`log N(x; mean, cov)` `(...)`, `cov` factorised by `factorise`; through `_GaussianLogDensity` outside transforms."
-    if _inside_transforms():
+def _log_density(x, mean, cov, factorise, backend=None):
+    "`log N(x; mean, cov)` `(...)`, `cov` factorised by `factorise`: recorded (reference) or `_GaussianLogDensity`."
+    path = resolve_backend(backend, cov)
+    if path == "reference":
         return _log_density_from_factor(x - mean, factorise(cov))
     L = factorise(cov.detach())
     x, mean, cov, L = _common_batch((x, 1), (mean, 1), (cov, 2), (L, 2))
-    return _GaussianLogDensity.apply(x, mean, cov, L)
+    return _GaussianLogDensity.apply(x, mean, cov, L, _native_loops(path, L))
 
 # %% ../nbs/00_gaussian.ipynb
 def mvn_log_prob(
@@ -199,39 +200,42 @@ def mvn_log_prob(
     mean: torch.Tensor,  # means `(..., n)`
     cov: torch.Tensor | None = None,  # covariances `(..., n, n)`; or give `scale_tril`
     scale_tril: torch.Tensor | None = None,  # Cholesky factors `(..., n, n)` of the covariances
+    *,
+    backend: str | None = None,  # one of `BACKENDS` (`00b_backends`); None: the default
 ) -> torch.Tensor:  # log-densities `(...)`
     "Log-density of batched multivariate normals, through a Cholesky factor."
     if (cov is None) == (scale_tril is None):
         raise ValueError("mvn_log_prob needs exactly one of `cov` and `scale_tril`")
     if scale_tril is not None:
         return _log_density_from_factor(x - mean, scale_tril)
-    return _log_density(x, mean, cov, functools.partial(psd_cholesky, name="covariance"))
+    return _log_density(x, mean, cov, functools.partial(psd_cholesky, name="covariance"), backend)
 
 # %% ../nbs/00_gaussian.ipynb
 class _GaussianKL(torch.autograd.Function):
     "`KL(N(mean_q, cov_q) ‖ N(mean_p, cov_p))` `(...)` from the factors `Lq`, `Lp`, with the closed-form backward."
 
     @staticmethod
-    def forward(ctx, mean_q, cov_q, mean_p, cov_p, Lq, Lp):
-        loops, batch = _small_system_loops(Lp), Lp.shape[:-2]
+    def forward(ctx, mean_q, cov_q, mean_p, cov_p, Lq, Lp, loops):
+        batch = Lp.shape[:-2]
         if loops is not None:
             kl, inverse_p, beta = loops.gaussian_kl(*(t.reshape(-1, *t.shape[len(batch):])
                                                       for t in (mean_q, cov_q, mean_p, Lq, Lp)))
             kl, inverse_p, beta = kl.view(batch), inverse_p.view(Lp.shape), beta.view(*Lp.shape[:-1], 1)
         else:
-            inverse_p = _cholesky_inverse(Lp)
+            inverse_p = _cholesky_inverse(Lp, None)
             gap = (mean_p - mean_q).unsqueeze(-1)
             beta = inverse_p @ gap  # (..., n, 1)
             trace, quadratic = (inverse_p * cov_q).sum((-2, -1)), (gap * beta).sum((-2, -1))
             kl = 0.5 * (trace + quadratic - mean_q.shape[-1]) + _half_log_det(Lp) - _half_log_det(Lq)
         ctx.save_for_backward(cov_q, Lq, inverse_p, beta)
+        ctx.loops = loops
         return kl
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         cov_q, Lq, inverse_p, beta = ctx.saved_tensors
-        loops, batch = _small_system_loops(inverse_p), grad.shape
+        loops, batch = ctx.loops, grad.shape
         if loops is not None:
             # all three gradients; autograd drops those of inputs that need none
             flat = loops.gaussian_kl_backward(*(t.reshape(-1, *t.shape[len(batch):])
@@ -240,21 +244,23 @@ class _GaussianKL(torch.autograd.Function):
         else:
             g = grad[..., None, None]
             grad_mean_p = (g * beta).squeeze(-1)
-            grad_cov_q = (inverse_p - _cholesky_inverse(Lq)).mul_(0.5 * g) if ctx.needs_input_grad[1] else None
+            grad_cov_q = (inverse_p - _cholesky_inverse(Lq, None)).mul_(0.5 * g) if ctx.needs_input_grad[1] else None
             grad_cov_p = ((inverse_p - inverse_p @ cov_q @ inverse_p - beta * beta.mT).mul_(0.5 * g)
                           if ctx.needs_input_grad[3] else None)
-        return -grad_mean_p, grad_cov_q, grad_mean_p, grad_cov_p, None, None
+        return -grad_mean_p, grad_cov_q, grad_mean_p, grad_cov_p, None, None, None
 
 
-def _kl_divergence(mean_q, cov_q, mean_p, cov_p, factorise_q, factorise_p):
-    "`KL(q ‖ p)` `(...)` with the covariances factorised by `factorise_q`, `factorise_p`."
-    if _inside_transforms():
+def _kl_divergence(mean_q, cov_q, mean_p, cov_p, factorise_q, factorise_p, backend=None):
+    "`KL(q ‖ p)` `(...)` with the covariances factorised by `factorise_q`, `factorise_p`: recorded or `_GaussianKL`."
+    path = resolve_backend(backend, cov_p)
+    if path == "reference":
         Lq, Lp = torch.broadcast_tensors(factorise_q(cov_q), factorise_p(cov_p))
         diff = (mean_p - mean_q).unsqueeze(-1).expand(*Lp.shape[:-1], 1)
         M = torch.linalg.solve_triangular(Lp, torch.cat([Lq, diff], -1), upper=False)
         return 0.5 * (M.square().sum((-2, -1)) - mean_q.shape[-1]) + _half_log_det(Lp) - _half_log_det(Lq)
     Lq, Lp = factorise_q(cov_q.detach()), factorise_p(cov_p.detach())
-    return _GaussianKL.apply(*_common_batch((mean_q, 1), (cov_q, 2), (mean_p, 1), (cov_p, 2), (Lq, 2), (Lp, 2)))
+    inputs = _common_batch((mean_q, 1), (cov_q, 2), (mean_p, 1), (cov_p, 2), (Lq, 2), (Lp, 2))
+    return _GaussianKL.apply(*inputs, _native_loops(path, Lp))
 
 # %% ../nbs/00_gaussian.ipynb
 def mvn_kl(
@@ -262,10 +268,12 @@ def mvn_kl(
     cov_q: torch.Tensor,  # `(..., n, n)`
     mean_p: torch.Tensor,  # `(..., n)`
     cov_p: torch.Tensor,  # `(..., n, n)`
+    *,
+    backend: str | None = None,  # one of `BACKENDS` (`00b_backends`); None: the default
 ) -> torch.Tensor:  # `KL(q ‖ p)`, shape `(...)`
     "KL divergence between batched multivariate normals `q = N(mean_q, cov_q)` and `p = N(mean_p, cov_p)`."
     return _kl_divergence(mean_q, cov_q, mean_p, cov_p, functools.partial(psd_cholesky, name="covariance of q"),
-                          functools.partial(psd_cholesky, name="covariance of p"))
+                          functools.partial(psd_cholesky, name="covariance of p"), backend)
 
 # %% ../nbs/00_gaussian.ipynb
 def mvn_sample(

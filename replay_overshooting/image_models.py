@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .ekf import FilterResult, SmootherResult
-from .models import EKFModel, Forecast
+from .models import EKFModel
+from .protocols import FilterResult, Forecast, SmootherResult
 from .objectives import get_objective
 
 # %% ../nbs/06_image_models.ipynb

@@ -26,29 +26,32 @@ def _mean_over(values, mask):
     return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
-def _log_prob(x, mean, cov, checked):
+def _log_prob(x, mean, cov, checked, backend):
     "`mvn_log_prob`; unchecked, factorised by `cholesky_or_nan` (vmap-safe, NaN where a factorisation fails)."
-    return mvn_log_prob(x, mean, cov) if checked else _log_density(x, mean, cov, cholesky_or_nan)
+    if checked:
+        return mvn_log_prob(x, mean, cov, backend=backend)
+    return _log_density(x, mean, cov, cholesky_or_nan, backend)
 
 
-def _kl(mean_q, cov_q, mean_p, cov_p, checked):
+def _kl(mean_q, cov_q, mean_p, cov_p, checked, backend):
     "`mvn_kl`; unchecked, factorised by `cholesky_or_nan` (vmap-safe)."
     if checked:
-        return mvn_kl(mean_q, cov_q, mean_p, cov_p)
-    return _kl_divergence(mean_q, cov_q, mean_p, cov_p, cholesky_or_nan, cholesky_or_nan)
+        return mvn_kl(mean_q, cov_q, mean_p, cov_p, backend=backend)
+    return _kl_divergence(mean_q, cov_q, mean_p, cov_p, cholesky_or_nan, cholesky_or_nan, backend)
 
 
-def _log_lik_under(obs_mean, obs_cov, y, mask, checked):
+def _log_lik_under(obs_mean, obs_cov, y, mask, checked, backend):
     "Log-likelihood `(B,T)` of `y` under observation Gaussians `(B,T,p)`, `(B,T,p,p)`; a masked step scores its mean."
     if mask is not None:
         y = torch.where(mask[..., None], y, obs_mean.detach())
-    return _log_prob(y, obs_mean, obs_cov, checked)
+    return _log_prob(y, obs_mean, obs_cov, checked, backend)
 
 
 def _obs_log_lik(model, means, covs, y, mask, checked):
     "Log-likelihood `(B,T)` of `y` under the linearised observation Gaussians of latent beliefs `(B,T,n)`."
-    obs_mean, obs_cov = observation_moments(model.observation, means, covs, model.obs_cov())
-    return _log_lik_under(obs_mean, obs_cov, y, mask, checked)
+    obs_mean, obs_cov = observation_moments(model.observation, means, covs, obs_cov=model.obs_cov(),
+                                            backend=model.backend)
+    return _log_lik_under(obs_mean, obs_cov, y, mask, checked, model.backend)
 
 
 def _replay(model, smoothed, u, steps, checked):
@@ -60,17 +63,19 @@ def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, 
     T = y.shape[1]
     smooth_ll = _mean_over(_obs_log_lik(model, smoothed.smoothed_means, smoothed.smoothed_covs, y, mask, checked),
                            mask)
-    kl = _kl(smoothed.smoothed_means, smoothed.smoothed_covs, smoothed.prior_means, smoothed.prior_covs, checked).mean()
+    kl = _kl(smoothed.smoothed_means, smoothed.smoothed_covs, smoothed.prior_means, smoothed.prior_covs, checked,
+             model.backend).mean()
     parts = {"smooth_log_lik": smooth_ll, "kl": kl}
     loss = -alpha * smooth_ll + beta * ramp(iteration, kl_anneal) * kl
     if alpha < 1:
         replay = _replay(model, smoothed, u, T, checked)
         if latent_replay:
             targets = smoothed.smoothed_means.detach()
-            replay_ll = _log_prob(targets, replay.means, replay.covs, checked).mean()
+            replay_ll = _log_prob(targets, replay.means, replay.covs, checked, model.backend).mean()
             parts["latent_replay_log_lik"] = replay_ll
         else:
-            replay_ll = _mean_over(_log_lik_under(replay.obs_means, replay.obs_covs, y, mask, checked), mask)
+            replay_ll = _mean_over(
+                _log_lik_under(replay.obs_means, replay.obs_covs, y, mask, checked, model.backend), mask)
             parts["replay_log_lik"] = replay_ll
         loss = loss - (1 - alpha) * ramp(iteration, burn_in) * replay_ll
     return loss, {k: v.detach() for k, v in parts.items()}
@@ -106,7 +111,8 @@ def sro(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 0.5, 
     loss = -alpha * one_step
     if alpha < 1:
         replay = _replay(model, smoothed, u, y.shape[1], checked)
-        replay_ll = _mean_over(_log_lik_under(replay.obs_means, replay.obs_covs, y, mask, checked), mask)
+        replay_ll = _mean_over(_log_lik_under(replay.obs_means, replay.obs_covs, y, mask, checked, model.backend),
+                               mask)
         parts["replay_log_lik"] = replay_ll
         loss = loss - (1 - alpha) * ramp(iteration, burn_in) * replay_ll
     return loss, {k: v.detach() for k, v in parts.items()}

@@ -25,7 +25,7 @@ class LinearField(nn.Module):
         out = x[:, :n] @ self.A.T
         return out if self.B is None else out + x[:, n:] @ self.B.T
 
-    def value_and_jacobian(self, x, wrt):
+    def value_and_jacobian(self, x, wrt, *, backend=None):
         return self(x), self.A[:, :wrt].expand(x.shape[0], -1, -1)
 
 
@@ -44,7 +44,7 @@ class VanDerPol(nn.Module):
 class VanDerPolByHand(VanDerPol):
     "The same field with a hand-written Jacobian."
 
-    def value_and_jacobian(self, x, wrt):
+    def value_and_jacobian(self, x, wrt, *, backend=None):
         p = x[:, 0]
         zero, one, mu = torch.zeros_like(p), torch.ones_like(p), self.mu.expand_as(p)
         J = torch.stack([torch.stack([mu * (1 - p ** 2), -mu, zero], -1),
@@ -133,19 +133,20 @@ def test_filter_smoother_predictor_match_exact_discretisation():
     y, u = torch.randn(batch, T, p, **F64), torch.randn(batch, T, m, **F64)
     mask = torch.ones(batch, T, dtype=torch.bool)
     mask[0, 2], mask[2, 4:6] = False, False
-    common = dict(mu0=torch.randn(n, **F64), P0=random_spd(n, n), R=random_spd(p, p, scale=0.1), u=u, mask=mask)
+    common = dict(initial_mean=torch.randn(n, **F64), initial_cov=random_spd(n, n), obs_cov=random_spd(p, p, scale=0.1),
+                  u=u, mask=mask)
     with torch.no_grad():
-        got = ekf_filter(continuous, observe, y, Q=Q, **common)
-        expected = ekf_filter(discrete, observe, y, Q=Q_d, **common)
+        got = ekf_filter(continuous, observe, y, dynamics_cov=Q, **common)
+        expected = ekf_filter(discrete, observe, y, dynamics_cov=Q_d, **common)
         for name, a, b in zip(got._fields, got, expected):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"filter field {name}")
-        got_s = rts_smoother(continuous, got, Q, u)
-        expected_s = rts_smoother(discrete, expected, Q_d, u)
+        got_s = rts_smoother(continuous, got, dynamics_cov=Q, u=u)
+        expected_s = rts_smoother(discrete, expected, dynamics_cov=Q_d, u=u)
         for name, a, b in zip(got_s._fields, got_s, expected_s):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"smoother field {name}")
-        start = (got_s.smoothed_means[:, 0], got_s.smoothed_covs[:, 0])
-        got_p = ekf_predict(continuous, observe, *start, Q, common["R"], T, u=u)
-        expected_p = ekf_predict(discrete, observe, *start, Q_d, common["R"], T, u=u)
+        start = dict(mean=got_s.smoothed_means[:, 0], cov=got_s.smoothed_covs[:, 0], obs_cov=common["obs_cov"], steps=T)
+        got_p = ekf_predict(continuous, observe, **start, dynamics_cov=Q, u=u)
+        expected_p = ekf_predict(discrete, observe, **start, dynamics_cov=Q_d, u=u)
         for name, a, b in zip(got_p._fields, got_p, expected_p):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"predictor field {name}")
 
@@ -205,7 +206,8 @@ def test_generic_and_hand_written_jacobians_agree():
         for a, b in zip(generic.value_and_jacobian(mean, u), by_hand.value_and_jacobian(mean, u)):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
         y, u_seq = torch.randn(2, 5, 2, **F64), torch.randn(2, 5, 1, **F64)
-        args = dict(mu0=torch.zeros(2, **F64), P0=torch.eye(2, **F64), Q=Q, R=0.01 * torch.eye(2, **F64), u=u_seq)
+        args = dict(initial_mean=torch.zeros(2, **F64), initial_cov=torch.eye(2, **F64), dynamics_cov=Q,
+                    obs_cov=0.01 * torch.eye(2, **F64), u=u_seq)
         a, b = ekf_filter(generic, torch.sin, y, **args), ekf_filter(by_hand, torch.sin, y, **args)
         torch.testing.assert_close(a.filtered_covs, b.filtered_covs, rtol=0, atol=1e-10)
         torch.testing.assert_close(a.log_likelihoods, b.log_likelihoods, rtol=0, atol=1e-10)

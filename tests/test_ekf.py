@@ -9,7 +9,7 @@ from replay_overshooting.ekf import (
     FilterResult, dynamics_and_jacobian, ekf_filter, ekf_predict, observation_and_jacobian, rts_smoother,
 )
 
-pytestmark = pytest.mark.usefixtures("backend")  # every test with the C++ and the Python recursions
+pytestmark = pytest.mark.usefixtures("backend")  # every test with each backend: C++ loops, fused nodes, reference
 F64 = dict(dtype=torch.float64)
 
 
@@ -47,7 +47,7 @@ class WithJacobian(torch.nn.Module):
     def forward(self, *args):
         return self.inner(*args)
 
-    def value_and_jacobian(self, z, *rest):
+    def value_and_jacobian(self, z, *rest, backend=None):
         self.calls += 1
         value = self.inner(z, *rest)
         jac = torch.func.vmap(torch.func.jacfwd(lambda z1, *r1: self.inner(z1[None], *(x[None] for x in r1))[0]))(z, *rest)
@@ -71,14 +71,14 @@ def test_nonlinear_filter_and_smoother_match_naive_reference(fast_path):
     y, u, mu0, P0, Q, R = problem()
     if fast_path:
         dyn, obs = WithJacobian(dyn, True), WithJacobian(obs, False)
-    res = ekf_filter(dyn, obs, y, mu0, P0, Q, R, u=u)
+    res = ekf_filter(dyn, obs, y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R, u=u)
     fm, fc, pm, pc, ll = naive_filter(dyn, obs, y, u, mu0, P0, Q, R)
     torch.testing.assert_close(res.filtered_means, fm, atol=1e-8, rtol=0)
     torch.testing.assert_close(res.filtered_covs, fc, atol=1e-8, rtol=0)
     torch.testing.assert_close(res.predicted_means, pm, atol=1e-8, rtol=0)
     torch.testing.assert_close(res.predicted_covs, pc, atol=1e-8, rtol=0)
     torch.testing.assert_close(res.log_likelihoods, ll, atol=1e-8, rtol=0)
-    sm = rts_smoother(dyn, res, Q, u=u)
+    sm = rts_smoother(dyn, res, dynamics_cov=Q, u=u)
     ref_m, ref_c = naive_smoother(dyn, fm, fc, pm, pc, u)
     torch.testing.assert_close(sm.smoothed_means, ref_m, atol=1e-8, rtol=0)
     torch.testing.assert_close(sm.smoothed_covs, ref_c, atol=1e-8, rtol=0)
@@ -91,7 +91,7 @@ def test_predictor_matches_naive_loop():
     y, u, mu0, P0, Q, R = problem()
     B, steps = y.shape[0], 5
     mu = torch.randn(B, 3, **F64)
-    pred = ekf_predict(dyn, obs, mu, P0.expand(B, 3, 3), Q, R, steps, u=u)
+    pred = ekf_predict(dyn, obs, mean=mu, cov=P0.expand(B, 3, 3), dynamics_cov=Q, obs_cov=R, steps=steps, u=u)
     for b in range(B):
         mean, cov = mu[b], P0
         for k in range(steps):
@@ -111,18 +111,21 @@ def test_masked_step_equals_dropping_the_observation():
     mask[:, 2] = False
     y_nan = y.clone()
     y_nan[:, 2] = float("nan")
-    masked = ekf_filter(dyn, obs, y_nan, mu0, P0, Q, R, u=u, mask=mask)
+    noise = dict(dynamics_cov=Q, obs_cov=R)
+    masked = ekf_filter(dyn, obs, y_nan, initial_mean=mu0, initial_cov=P0, **noise, u=u, mask=mask)
     # Dropping step 2: filter the first two steps, predict across step 2 by hand, filter the rest.
-    head = ekf_filter(dyn, obs, y[:, :2], mu0, P0, Q, R, u=u[:, :2])
-    across = ekf_predict(dyn, obs, head.filtered_means[:, -1], head.filtered_covs[:, -1], Q, R, 3, u=u[:, 1:3])
-    tail = ekf_filter(dyn, obs, y[:, 3:], across.means[:, 2], across.covs[:, 2], Q, R, u=u[:, 3:])
+    head = ekf_filter(dyn, obs, y[:, :2], initial_mean=mu0, initial_cov=P0, **noise, u=u[:, :2])
+    across = ekf_predict(dyn, obs, mean=head.filtered_means[:, -1], cov=head.filtered_covs[:, -1], **noise, steps=3,
+                         u=u[:, 1:3])
+    tail = ekf_filter(dyn, obs, y[:, 3:], initial_mean=across.means[:, 2], initial_cov=across.covs[:, 2], **noise,
+                      u=u[:, 3:])
     torch.testing.assert_close(masked.filtered_means[:, 2], across.means[:, 1], atol=1e-12, rtol=0)
     torch.testing.assert_close(masked.filtered_means[:, 3:], tail.filtered_means, atol=1e-12, rtol=0)
     torch.testing.assert_close(masked.filtered_covs[:, 3:], tail.filtered_covs, atol=1e-12, rtol=0)
     assert torch.isfinite(masked.filtered_means).all() and (masked.log_likelihoods[:, 2] == 0).all()
     # gradients stay finite although the masked observations are NaN
     dyn.zero_grad()
-    sm = rts_smoother(dyn, masked, Q, u=u)
+    sm = rts_smoother(dyn, masked, dynamics_cov=Q, u=u)
     (masked.log_likelihoods.sum() + sm.smoothed_means.sum()).backward()
     assert all(torch.isfinite(p.grad).all() for p in dyn.parameters())
 
@@ -131,8 +134,10 @@ def test_all_masked_equals_pure_prediction():
     dyn, obs = Pendulumish(), SquashObs()
     y, u, mu0, P0, Q, R = problem()
     B, T, _ = y.shape
-    blind = ekf_filter(dyn, obs, y, mu0, P0, Q, R, u=u, mask=torch.zeros(B, T, dtype=torch.bool))
-    pred = ekf_predict(dyn, obs, mu0.expand(B, 3), P0.expand(B, 3, 3), Q, R, T, u=u)
+    blind = ekf_filter(dyn, obs, y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R, u=u,
+                       mask=torch.zeros(B, T, dtype=torch.bool))
+    pred = ekf_predict(dyn, obs, mean=mu0.expand(B, 3), cov=P0.expand(B, 3, 3), dynamics_cov=Q, obs_cov=R, steps=T,
+                       u=u)
     torch.testing.assert_close(blind.filtered_means, pred.means, atol=1e-12, rtol=0)
     torch.testing.assert_close(blind.filtered_covs, pred.covs, atol=1e-12, rtol=0)
 
@@ -150,9 +155,10 @@ def test_gradcheck_filter_smoother_predictor():
         dyn.W, dyn.B, obs.H = W, Bm, H
         Q, R = q_factor @ q_factor.T, r_factor @ r_factor.T
         P0 = torch.eye(2, **F64)
-        res = ekf_filter(dyn, obs, y, mu0, P0, Q, R, u=u)
-        sm = rts_smoother(dyn, res, Q, u=u)
-        pred = ekf_predict(dyn, obs, sm.smoothed_means[:, 0], sm.smoothed_covs[:, 0], Q, R, 3, u=u)
+        res = ekf_filter(dyn, obs, y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R, u=u)
+        sm = rts_smoother(dyn, res, dynamics_cov=Q, u=u)
+        pred = ekf_predict(dyn, obs, mean=sm.smoothed_means[:, 0], cov=sm.smoothed_covs[:, 0], dynamics_cov=Q,
+                           obs_cov=R, steps=3, u=u)
         return (res.log_likelihoods.sum() + sm.smoothed_covs.sum() + sm.prior_means.sum()
                 + pred.obs_means.sum() + pred.obs_covs.sum())
 
@@ -165,13 +171,14 @@ def test_gradcheck_filter_smoother_predictor():
 def test_batch_elements_do_not_interact():
     dyn, obs = Pendulumish(), SquashObs()
     y, u, mu0, P0, Q, R = problem(B=5)
-    full = ekf_filter(dyn, obs, y, mu0, P0, Q, R, u=u)
+    prior = dict(initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R)
+    full = ekf_filter(dyn, obs, y, **prior, u=u)
     y2 = y.clone()
     y2[0] += 10.0
-    perturbed = ekf_filter(dyn, obs, y2, mu0, P0, Q, R, u=u)
+    perturbed = ekf_filter(dyn, obs, y2, **prior, u=u)
     torch.testing.assert_close(perturbed.filtered_means[1:], full.filtered_means[1:], atol=0, rtol=0)
     assert not torch.allclose(perturbed.filtered_means[0], full.filtered_means[0])
-    single = ekf_filter(dyn, obs, y[2:3], mu0, P0, Q, R, u=u[2:3])
+    single = ekf_filter(dyn, obs, y[2:3], **prior, u=u[2:3])
     torch.testing.assert_close(single.filtered_means[0], full.filtered_means[2], atol=1e-12, rtol=0)
 
 
@@ -184,7 +191,8 @@ def test_covariances_stay_positive_definite_over_long_prediction(dtype):
     P = torch.eye(3, dtype=dtype).expand(B, 3, 3)
     Q, R = 1e-3 * torch.eye(3, dtype=dtype), 1e-3 * torch.eye(2, dtype=dtype)
     with torch.no_grad():
-        pred = ekf_predict(dyn, obs, mu, P, Q, R, steps, u=torch.zeros(B, steps, 2, dtype=dtype))
+        pred = ekf_predict(dyn, obs, mean=mu, cov=P, dynamics_cov=Q, obs_cov=R, steps=steps,
+                           u=torch.zeros(B, steps, 2, dtype=dtype))
     assert torch.isfinite(pred.covs).all()
     assert (pred.covs == pred.covs.mT).all(), "covariances must be exactly symmetric"
     assert (torch.linalg.eigvalsh(pred.covs) > 0).all()
@@ -194,9 +202,9 @@ def test_covariances_stay_positive_definite_over_long_prediction(dtype):
 def test_float32_matches_float64():
     dyn, obs = Pendulumish(), SquashObs()
     y, u, mu0, P0, Q, R = problem()
-    ref = ekf_filter(dyn, obs, y, mu0, P0, Q, R, u=u)
-    f32 = ekf_filter(dyn.float(), obs.float(), *(x.float() for x in (y,)), mu0.float(), P0.float(), Q.float(),
-                     R.float(), u=u.float())
+    ref = ekf_filter(dyn, obs, y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R, u=u)
+    f32 = ekf_filter(dyn.float(), obs.float(), y.float(), initial_mean=mu0.float(), initial_cov=P0.float(),
+                     dynamics_cov=Q.float(), obs_cov=R.float(), u=u.float())
     assert f32.filtered_means.dtype == torch.float32
     torch.testing.assert_close(f32.filtered_means.double(), ref.filtered_means, atol=1e-4, rtol=1e-4)
 
@@ -206,10 +214,11 @@ def test_no_controls_and_batched_noise():
     obs = lambda z: z[:, :2] ** 2 + z[:, :2]
     y, _, mu0, P0, Q, R = problem()
     B = y.shape[0]
-    shared = ekf_filter(dyn, obs, y, mu0, P0, Q, R)
-    batched = ekf_filter(dyn, obs, y, mu0.expand(B, 3), P0.expand(B, 3, 3), Q.expand(B, 3, 3), R.expand(B, 2, 2))
+    shared = ekf_filter(dyn, obs, y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R)
+    batched = ekf_filter(dyn, obs, y, initial_mean=mu0.expand(B, 3), initial_cov=P0.expand(B, 3, 3),
+                         dynamics_cov=Q.expand(B, 3, 3), obs_cov=R.expand(B, 2, 2))
     torch.testing.assert_close(shared.filtered_covs, batched.filtered_covs, atol=1e-14, rtol=0)
-    sm = rts_smoother(dyn, shared, Q)
+    sm = rts_smoother(dyn, shared, dynamics_cov=Q)
     assert sm.smoothed_means.shape == (B, y.shape[1], 3)
 
 
@@ -227,7 +236,7 @@ def test_value_and_jacobian_helpers_match_autograd():
 def _bad(**changes):
     dyn, obs = Pendulumish(), SquashObs()
     y, u, mu0, P0, Q, R = problem()
-    args = dict(y=y, mu0=mu0, P0=P0, Q=Q, R=R, u=u, mask=None)
+    args = dict(y=y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R, u=u, mask=None)
     args.update(changes)
     return lambda: ekf_filter(dyn, obs, **args)
 
@@ -237,17 +246,17 @@ def _bad(**changes):
     (dict(y=torch.randn(4, 7, 2, **F64).numpy()), r"y must be a torch.Tensor of shape \(B, T, p\), got ndarray; "
                                                    r"convert it with torch.as_tensor\(y\)"),
     (dict(y=torch.randn(4, 7, 2).half()), "y has dtype torch.float16, but the filter runs in float32 or float64"),
-    (dict(mu0=torch.tensor([0.0, float("nan"), 0.0], **F64)), "mu0 contains NaN or inf"),
+    (dict(initial_mean=torch.tensor([0.0, float("nan"), 0.0], **F64)), "initial_mean contains NaN or inf"),
     (dict(u=torch.randn(4, 6, 2, **F64)), "u must have shape"),
     (dict(mask=torch.ones(4, 6, dtype=torch.bool)), "mask must have shape"),
     (dict(mask=torch.ones(4, 7)), "mask must be a bool"),
-    (dict(P0=torch.eye(2, **F64)), "P0 must have shape"),
-    (dict(Q=torch.ones(3, 4, **F64)), "Q must have shape"),
-    (dict(Q=-torch.eye(3, **F64)), "Q is not positive definite"),
-    (dict(R=torch.tensor([[1.0, 0.5], [0.0, 1.0]], **F64)), "R is not symmetric"),
-    (dict(R=torch.eye(2)), "R has dtype"),
-    (dict(mu0=torch.zeros(5, 3, **F64)), "mu0 must have shape"),
-    (dict(R=torch.full((2, 2), float("nan"), **F64)), "R contains NaN"),
+    (dict(initial_cov=torch.eye(2, **F64)), "initial_cov must have shape"),
+    (dict(dynamics_cov=torch.ones(3, 4, **F64)), "dynamics_cov must have shape"),
+    (dict(dynamics_cov=-torch.eye(3, **F64)), "dynamics_cov is not positive definite"),
+    (dict(obs_cov=torch.tensor([[1.0, 0.5], [0.0, 1.0]], **F64)), "obs_cov is not symmetric"),
+    (dict(obs_cov=torch.eye(2)), "obs_cov has dtype"),
+    (dict(initial_mean=torch.zeros(5, 3, **F64)), "initial_mean must have shape"),
+    (dict(obs_cov=torch.full((2, 2), float("nan"), **F64)), "obs_cov contains NaN"),
 ])
 def test_bad_inputs_raise_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -268,36 +277,42 @@ def test_nan_in_observed_y_is_rejected_but_allowed_where_masked():
 def test_smoother_and_predictor_reject_bad_input():
     dyn, obs = Pendulumish(), SquashObs()
     y, u, mu0, P0, Q, R = problem()
-    res = ekf_filter(dyn, obs, y, mu0, P0, Q, R, u=u)
+    res = ekf_filter(dyn, obs, y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R, u=u)
+    start = dict(mean=mu0.expand(4, 3), cov=P0.expand(4, 3, 3))
     with pytest.raises(ValueError, match="FilterResult"):
-        rts_smoother(dyn, tuple(res), Q, u=u)
+        rts_smoother(dyn, tuple(res), dynamics_cov=Q, u=u)
     with pytest.raises(ValueError, match="u must have shape"):
-        rts_smoother(dyn, res, Q, u=u[:, :3])
+        rts_smoother(dyn, res, dynamics_cov=Q, u=u[:, :3])
     with pytest.raises(ValueError, match="steps must be a positive int"):
-        ekf_predict(dyn, obs, mu0.expand(4, 3), P0.expand(4, 3, 3), Q, R, 0)
+        ekf_predict(dyn, obs, **start, dynamics_cov=Q, obs_cov=R, steps=0)
     with pytest.raises(ValueError, match="u must have shape"):
-        ekf_predict(dyn, obs, mu0.expand(4, 3), P0.expand(4, 3, 3), Q, R, 10, u=u)
-    with pytest.raises(ValueError, match="P is not positive definite"):
-        ekf_predict(dyn, obs, mu0.expand(4, 3), -torch.eye(3, **F64).expand(4, 3, 3), Q, R, 5, u=u)
-    with pytest.raises(ValueError, match="Q contains NaN"):
-        ekf_predict(dyn, obs, mu0.expand(4, 3), P0.expand(4, 3, 3), torch.full((3, 3), float("nan"), **F64), R, 5, u=u)
-    with pytest.raises(ValueError, match="mu contains NaN"):
-        ekf_predict(dyn, obs, torch.full((4, 3), float("nan"), **F64), P0.expand(4, 3, 3), Q, R, 5, u=u)
+        ekf_predict(dyn, obs, **start, dynamics_cov=Q, obs_cov=R, steps=10, u=u)
+    with pytest.raises(ValueError, match="cov is not positive definite"):
+        ekf_predict(dyn, obs, mean=mu0.expand(4, 3), cov=-torch.eye(3, **F64).expand(4, 3, 3), dynamics_cov=Q,
+                    obs_cov=R, steps=5, u=u)
+    with pytest.raises(ValueError, match="dynamics_cov contains NaN"):
+        ekf_predict(dyn, obs, **start, dynamics_cov=torch.full((3, 3), float("nan"), **F64), obs_cov=R, steps=5, u=u)
+    with pytest.raises(ValueError, match="mean contains NaN"):
+        ekf_predict(dyn, obs, mean=torch.full((4, 3), float("nan"), **F64), cov=P0.expand(4, 3, 3), dynamics_cov=Q,
+                    obs_cov=R, steps=5, u=u)
+    with pytest.raises(ValueError, match=r"mean must be \(B, n\) and cov \(B, n, n\)"):
+        ekf_predict(dyn, obs, mean=mu0, cov=P0, dynamics_cov=Q, obs_cov=R, steps=5, u=u)
     asymmetric = Q.clone()
     asymmetric[0, 1] += 0.5
-    with pytest.raises(ValueError, match="Q is not symmetric"):
-        rts_smoother(dyn, res, asymmetric, u=u)
-    with pytest.raises(ValueError, match="Q contains NaN"):
-        rts_smoother(dyn, res, torch.full((3, 3), float("nan"), **F64), u=u)
+    with pytest.raises(ValueError, match="dynamics_cov is not symmetric"):
+        rts_smoother(dyn, res, dynamics_cov=asymmetric, u=u)
+    with pytest.raises(ValueError, match="dynamics_cov contains NaN"):
+        rts_smoother(dyn, res, dynamics_cov=torch.full((3, 3), float("nan"), **F64), u=u)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     dyn, obs = Pendulumish(), SquashObs()
     y, u, mu0, P0, Q, R = problem()
-    cpu = ekf_filter(dyn, obs, y, mu0, P0, Q, R, u=u)
+    cpu = ekf_filter(dyn, obs, y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q, obs_cov=R, u=u)
     dev = torch.device("cuda")
-    gpu = ekf_filter(dyn.to(dev), obs.to(dev), y.to(dev), mu0.to(dev), P0.to(dev), Q.to(dev), R.to(dev), u=u.to(dev))
+    gpu = ekf_filter(dyn.to(dev), obs.to(dev), y.to(dev), initial_mean=mu0.to(dev), initial_cov=P0.to(dev),
+                     dynamics_cov=Q.to(dev), obs_cov=R.to(dev), u=u.to(dev))
     assert gpu.filtered_means.device.type == "cuda"
     torch.testing.assert_close(gpu.filtered_means.cpu(), cpu.filtered_means, atol=1e-10, rtol=0)
 
@@ -331,5 +346,6 @@ def test_robust_path_reruns_when_a_factorisation_fails():
     y, u, mu0, P0, Q, R = problem(B=2, T=3)
     twice_first = lambda z: z[:, :1].expand(-1, 2)  # C = [[1,0,0],[1,0,0]]: C Σ Cᵀ has rank 1
     with pytest.warns(CholeskyJitterWarning):
-        res = ekf_filter(lambda z, u: z, twice_first, y, mu0, P0, Q, 1e-300 * torch.eye(2, **F64))
+        res = ekf_filter(lambda z, u: z, twice_first, y, initial_mean=mu0, initial_cov=P0, dynamics_cov=Q,
+                         obs_cov=1e-300 * torch.eye(2, **F64))
     assert torch.isfinite(res.filtered_means).all() and torch.isfinite(res.log_likelihoods).all()

@@ -5,9 +5,8 @@ import shutil
 import pytest
 import torch
 
-import replay_overshooting.ekf as ekf
-import replay_overshooting.models as models
 import replay_overshooting.objectives as objectives
+from replay_overshooting.backends import BACKEND_VARIABLE
 from replay_overshooting.push_sim import write_push_sim
 from replay_overshooting.training import EXPERIMENTS, get_experiment, load_run, train
 
@@ -21,16 +20,10 @@ def example(tmp_path, **changes):
     return get_experiment("example", **{**options, **changes})
 
 
-def _op_by_op(node, plain, *args):
-    "Stands in for `fused`: calls a fused node's plain forward, so that autograd records the plain operations."
-    return plain(*args)[0]
-
-
-def solo_op_by_op(config, run_dir):
-    "A solo run differentiated as under `vmap`: the fused nodes replaced by their plain forward operations."
+def solo_on_the_reference_path(config, run_dir):
+    "A solo run on the reference path (`backend=\"reference\"`), which is what every backend runs under `vmap`."
     with pytest.MonkeyPatch.context() as patch:
-        for module in (ekf, models):
-            patch.setattr(module, "fused", _op_by_op)
+        patch.setenv(BACKEND_VARIABLE, "reference")
         return train(config, progress=False, run_dir=run_dir)
 
 
@@ -47,8 +40,9 @@ def assert_close_runs(run, solo, rtol, atol):
 def assert_equals_solo(runs, config, tmp_path, seeds=SEEDS, vectorised=True):
     """Each run equals its solo run `train(config.replace(seed=s))`.
 
-    Under `vmap` autograd differentiates the fused nodes' plain operations, while a solo run uses their
-    hand-written backward. So a `vectorised` run equals, to round-off, the solo run differentiated op by op
+    Under `vmap` every backend is the reference path (autograd through the plain step functions), while a solo
+    run uses the fused nodes' hand-written backward. So a `vectorised` run equals, to round-off, the solo run on
+    the reference path
     (measured: 3e-10 relative after 5 iterations, from batched reductions); against the real solo run the first
     iteration (same weights, same batch) agrees to ~1e-10 relative, and later ones drift apart as round-off
     does through Adam (a parameter whose gradient is near 0 moves by about lr·δg/ε, ε = 1e-8). Runs that
@@ -60,7 +54,8 @@ def assert_equals_solo(runs, config, tmp_path, seeds=SEEDS, vectorised=True):
         if not vectorised:
             assert_close_runs(run, solo, rtol=1e-10, atol=1e-12)
             continue
-        assert_close_runs(run, solo_op_by_op(solo_config, tmp_path / f"plain{seed}"), rtol=1e-8, atol=1e-10)
+        assert_close_runs(run, solo_on_the_reference_path(solo_config, tmp_path / f"plain{seed}"), rtol=1e-8,
+                          atol=1e-10)
         for key in ("loss", "grad_norm"):
             assert run.history[0][key] == pytest.approx(solo.history[0][key], rel=1e-9)
 

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from replay_overshooting.backends import BACKEND_VARIABLE
 from replay_overshooting.native import _source_directory, native_loops
 
 
@@ -21,7 +22,8 @@ def _run_python(code, **env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(os.environ.get("REPLAY_OVERSHOOTING_NATIVE") == "0", reason="switched off in the environment")
+@pytest.mark.skipif(os.environ.get(BACKEND_VARIABLE) in ("fused", "reference"),
+                    reason="the C++ loops are switched off in the environment")
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler on this machine")
 def test_builds_where_a_compiler_is():
     loops = native_loops()
@@ -49,10 +51,11 @@ def test_falls_back_with_a_warning_without_a_compiler(tmp_path):
             "warnings": [str(w.message) for w in caught if w.category is native.NativeLoopsWarning],
             "loops": native.native_loops() is not None, "node": type(filtered.predicted_means.grad_fn).__name__,
             "finite": bool(filtered.log_likelihoods.isfinite().all()), "lock": lock.exists()}))
-    """, CXX=str(tmp_path / "no-such-compiler"), TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    """, CXX=str(tmp_path / "no-such-compiler"), TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"),
+        **{BACKEND_VARIABLE: "auto"})
     assert len(report["warnings"]) == 1 and "could not build its C++ loops" in report["warnings"][0]
     assert "no C++ compiler" in report["warnings"][0]
-    assert "REPLAY_OVERSHOOTING_NATIVE=0" in report["warnings"][0]
+    assert "set REPLAY_OVERSHOOTING_BACKEND=fused to skip the build" in report["warnings"][0]
     assert not report["loops"] and report["node"] == "_FilterBackward" and report["finite"]
     assert not report["lock"], "a lock left by a killed build must not block later builds"
 
@@ -81,12 +84,22 @@ def test_a_compile_error_is_reported_with_its_file_and_line(tmp_path):
 
 
 def test_switched_off_by_the_environment(tmp_path):
+    "With the fused backend as the default, a model trains without building (or warning about) the C++ loops."
     report = _run_python("""
-        import json
+        import json, warnings
+        import torch
         from replay_overshooting import native
-        print(json.dumps({"loops": native.native_loops() is not None, "built": native._build_directory().exists()}))
-    """, REPLAY_OVERSHOOTING_NATIVE="0", TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
-    assert report == {"loops": False, "built": False}
+        from replay_overshooting.models import EKFModel
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = EKFModel(2, 2, 1, hidden=4, dynamics_layers=1, observation_layers=1)
+            filtered = model.filter(torch.randn(3, 4, 2), torch.randn(3, 4, 1))
+            filtered.log_likelihoods.sum().backward()
+        print(json.dumps({"warnings": [str(w.message) for w in caught if w.category is native.NativeLoopsWarning],
+                          "node": type(filtered.predicted_means.grad_fn).__name__,
+                          "built": native._build_directory().exists()}))
+    """, **{BACKEND_VARIABLE: "fused"}, TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    assert report == {"warnings": [], "node": "_FilterBackward", "built": False}
 
 
 _PUSH_ITERATION_FAULTS = """

@@ -9,7 +9,7 @@ from replay_overshooting.models import MLP, EKFModel
 from replay_overshooting.objectives import OBJECTIVES, get_objective, lro, no_overshooting, ramp, s_ekf, sro, vro
 
 
-pytestmark = pytest.mark.usefixtures("backend")  # every test with the C++ and the Python recursions
+pytestmark = pytest.mark.usefixtures("backend")  # every test with each backend: C++ loops, fused nodes, reference
 
 
 @pytest.fixture(scope="module")

@@ -157,3 +157,15 @@ def test_a_run_on_custom_data_needs_its_test_split_to_reload(tmp_path):
     assert test is test_set
     for key, value in model.state_dict().items():
         assert torch.equal(value, result.model.state_dict()[key])
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_malloc_is_changed_only_when_asked(hold, tmp_path, monkeypatch):
+    "glibc's malloc settings are process-wide and cannot be read back: `train` sets them only with `hold_freed_memory`."
+    from replay_overshooting import native
+    calls = []
+    monkeypatch.setattr(native, "hold_freed_memory", lambda: calls.append(True) or True)
+    config = get_experiment("example", max_iterations=1, out_dir=str(tmp_path), device="cpu",
+                            dataset_options={"num_sequences": 4, "seq_len": 11, "cache": False})
+    train(config, progress=False, hold_freed_memory=hold)
+    assert calls == ([True] if hold else [])

@@ -21,6 +21,10 @@ using Pairs = std::vector<std::pair<Tensor, Tensor>>;
 
 enum Activation : int64_t { SOFTPLUS = 0, TANH = 1, RELU = 2 };
 
+// Results handed to Python by name (a dict), so that neither side depends on the other's order. An undefined
+// tensor becomes None.
+using Named = pybind11::dict;
+
 // Python's `.mT`, without the extra dispatch of the composite `Tensor::mT`.
 static Tensor mT(const Tensor& M) { return M.transpose(-2, -1); }
 

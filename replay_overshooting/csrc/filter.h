@@ -11,7 +11,10 @@ struct FilterTape {
   bool has_controls;
 };
 
-static std::pair<Tensors, std::shared_ptr<FilterTape>> filter_forward(
+// The per-step quantities stacked over time, by the names of `ekf.FILTER_FIELDS`.
+static const char* const kFilterFields[] = {"pm", "pc", "fm", "fc", "ym", "S", "C", "A", "info"};
+
+static std::pair<Named, std::shared_ptr<FilterTape>> filter_forward(
     const Tensor& y, const std::optional<Tensor>& u, const std::optional<Tensor>& mask, Tensor mean, Tensor cov,
     const Tensor& Q, const Tensor& R, const Tensors& dynamics_params, int64_t dynamics_activation,
     double dynamics_beta, const Tensors& observation_params, int64_t observation_activation,
@@ -50,12 +53,15 @@ static std::pair<Tensors, std::shared_ptr<FilterTape>> filter_forward(
       tape->dynamics_saved.push_back(std::move(dynamics_saved));
     }
   }
-  Tensors out;
-  for (const auto& field : fields) out.push_back(field.empty() ? y.new_zeros({B, 0, n, n}) : at::stack(field, 1));
+  Named out;
+  for (size_t field = 0; field < fields.size(); ++field)
+    out[kFilterFields[field]] = fields[field].empty() ? y.new_zeros({B, 0, n, n}) : at::stack(fields[field], 1);
   return {out, tape};
 }
 
-static Tensors filter_backward(FilterTape& tape, const Tensor& pc, const Tensor& fc, const Tensor& C,
+// The gradients of the filter's inputs, by name: `y`, `u`, `initial_mean`, `initial_cov`, `dynamics_cov`,
+// `obs_cov`, and the networks' `dynamics_weights` and `observation_weights` in `MLP.parameter_list` order.
+static Named filter_backward(FilterTape& tape, const Tensor& pc, const Tensor& fc, const Tensor& C,
                                const Tensor& A, const Tensor& grad_pm, const Tensor& grad_pc, const Tensor& grad_fm,
                                const Tensor& grad_fc, const Tensor& grad_A, const std::optional<Tensor>& grad_ym,
                                const std::optional<Tensor>& grad_S, const std::optional<Tensor>& grad_C,
@@ -93,13 +99,14 @@ static Tensors filter_backward(FilterTape& tape, const Tensor& pc, const Tensor&
     grad_y[t] = grads.y, grad_R.push_back(grads.R);
   }
   std::reverse(grad_u.begin(), grad_u.end());
-  Tensors out{needs_grad_y ? at::stack(grad_y, 1) : Tensor(),
-              grad_u.empty() ? Tensor() : at::stack(grad_u, 1),
-              carry_mean,
-              symmetrize(carry_cov),
-              grad_Q.empty() ? Tensor() : at::stack(grad_Q).sum(0),
-              symmetrize(at::stack(grad_R).sum(0))};
-  for (auto* grads : {&dynamics_grads, &observation_grads})
-    for (auto& g : grads->result()) out.push_back(g);
+  Named out;
+  out["y"] = needs_grad_y ? at::stack(grad_y, 1) : Tensor();
+  out["u"] = grad_u.empty() ? Tensor() : at::stack(grad_u, 1);
+  out["initial_mean"] = carry_mean;
+  out["initial_cov"] = symmetrize(carry_cov);
+  out["dynamics_cov"] = grad_Q.empty() ? Tensor() : at::stack(grad_Q).sum(0);
+  out["obs_cov"] = symmetrize(at::stack(grad_R).sum(0));
+  out["dynamics_weights"] = dynamics_grads.result();
+  out["observation_weights"] = observation_grads.result();
   return out;
 }

@@ -63,6 +63,10 @@ static void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, co
       C[i * ldc + j] = (beta == T(0) ? T(0) : C[i * ldc + j]) + transposed[j * M + i];
 }
 
+// Softplus is the identity above this input, as `models._SOFTPLUS_LINEAR_ABOVE` says: log(1 + e^a) - a = e^-40 is
+// below double's resolution there, so the value and its slope sigmoid(a) stay consistent.
+constexpr double kSoftplusLinearAbove = 40;
+
 // An MLP's weights as the kernels use them, once per recursion: contiguous, softplus's β folded in (units
 // softplus(a') of a' = β a: W'_1 = β W_1, b'_ℓ = β b_ℓ for ℓ < L, W'_L = W_L / β), and the Jacobian's plan: its
 // rows carried down from the output (reverse, k = out rows) or up from the first `wrt` inputs (k = wrt rows),
@@ -116,7 +120,7 @@ template <typename T>
 static void activate(T* a, T* h, int64_t size, int64_t activation) {  // a becomes the slope
   Tensor a_ = wrap(a, {size}, {1}), h_ = wrap(h, {size}, {1});
   if (activation == SOFTPLUS) {
-    at::softplus_out(h_, a_, 1, 20);
+    at::softplus_out(h_, a_, 1, kSoftplusLinearAbove);
     at::sigmoid_(a_);
   } else if (activation == TANH) {
     at::tanh_out(h_, a_);
@@ -327,7 +331,7 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
     gemm<T>(false, false, B, H, o, grad_a.get(), o, L.weights[i].const_data_ptr<T>(), H, T(0), grad_h.get(), H);
     const T *d = base + s.d[i], *h = base + s.h[i], *sg = slope_grads[i].get();
     for (int64_t e = 0; e < B * H; ++e) {
-      const T curvature = L.activation == SOFTPLUS ? d[e] - d[e] * d[e] : L.activation == TANH ? T(-2) * h[e] * d[e] : T(0);
+      const T curvature = L.activation == SOFTPLUS ? d[e] * (T(1) - d[e]) : L.activation == TANH ? T(-2) * h[e] * d[e] : T(0);
       grad_a[e] = grad_h[e] * d[e] + sg[e] * curvature;
     }
   }
@@ -363,10 +367,12 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<MLPTape>> value_and_jacobian_f
   return {out, J, tape};
 }
 
-static Tensors value_and_jacobian_backward(const MLPTape& tape, const Tensor& grad_out, const Tensor& grad_J) {
+// The gradients of the network's input `x` and its `weights` (in `MLP.parameter_list` order), by name.
+static Named value_and_jacobian_backward(const MLPTape& tape, const Tensor& grad_out, const Tensor& grad_J) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   WeightGradients weight_grads{&tape.layers};
-  Tensors out{mlp_backward_to_input(tape.saved, tape.layers, grad_out, grad_J, weight_grads)};
-  for (auto& g : weight_grads.result()) out.push_back(g);
+  Named out;
+  out["x"] = mlp_backward_to_input(tape.saved, tape.layers, grad_out, grad_J, weight_grads);
+  out["weights"] = weight_grads.result();
   return out;
 }

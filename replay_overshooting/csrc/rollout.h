@@ -8,7 +8,8 @@ struct RolloutTape {
   bool has_controls;
 };
 
-static std::pair<Tensors, std::shared_ptr<RolloutTape>> rollout_forward(
+// The beliefs `means`, `covs` and the Jacobians `A` of the open-loop prediction, by name.
+static std::pair<Named, std::shared_ptr<RolloutTape>> rollout_forward(
     Tensor mean, Tensor cov, const std::optional<Tensor>& u, const Tensor& Q, int64_t steps, const Tensors& params,
     int64_t activation, double beta) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -23,11 +24,16 @@ static std::pair<Tensors, std::shared_ptr<RolloutTape>> rollout_forward(
     mean = next.mean, cov = next.cov;
     means.push_back(mean), covs.push_back(cov), A.push_back(next.A), tape->saved.push_back(std::move(saved));
   }
-  Tensor jacobians = A.empty() ? mean.new_zeros({B, 0, n, n}) : at::stack(A, 1);
-  return {{at::stack(means, 1), at::stack(covs, 1), jacobians}, tape};
+  Named out;
+  out["means"] = at::stack(means, 1);
+  out["covs"] = at::stack(covs, 1);
+  out["A"] = A.empty() ? mean.new_zeros({B, 0, n, n}) : at::stack(A, 1);
+  return {out, tape};
 }
 
-static Tensors rollout_backward(RolloutTape& tape, const Tensor& covs, const Tensor& A, const Tensor& grad_means,
+// The gradients of the rollout's inputs, by name: `mean`, `cov`, `u`, `dynamics_cov` and the dynamics network's
+// `weights` in `MLP.parameter_list` order.
+static Named rollout_backward(RolloutTape& tape, const Tensor& covs, const Tensor& A, const Tensor& grad_means,
                                 const Tensor& grad_covs, const Tensor& grad_A) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t steps = grad_means.size(1);
@@ -42,8 +48,11 @@ static Tensors rollout_backward(RolloutTape& tape, const Tensor& covs, const Ten
     grad_Q.push_back(back.Q);
   }
   std::reverse(grad_u.begin(), grad_u.end());
-  Tensors out{carry_mean, carry_cov, grad_u.empty() ? Tensor() : at::stack(grad_u, 1),
-              grad_Q.empty() ? Tensor() : at::stack(grad_Q).sum(0)};
-  for (auto& g : weight_grads.result()) out.push_back(g);
+  Named out;
+  out["mean"] = carry_mean;
+  out["cov"] = carry_cov;
+  out["u"] = grad_u.empty() ? Tensor() : at::stack(grad_u, 1);
+  out["dynamics_cov"] = grad_Q.empty() ? Tensor() : at::stack(grad_Q).sum(0);
+  out["weights"] = weight_grads.result();
   return out;
 }

@@ -209,14 +209,20 @@ static std::tuple<Tensor, Tensor, Tensor, std::shared_ptr<TimeUpdateTape>> time_
   return {next.mean, next.cov, next.A, tape};
 }
 
-static Tensors time_update_backward_node(const TimeUpdateTape& tape, const Tensor& cov, const Tensor& A,
-                                         const Tensor& grad_mean, const Tensor& grad_cov, const Tensor& grad_A) {
+// The gradients of the time update's inputs, by name: `mean`, `cov`, `u`, `dynamics_cov` and the dynamics
+// network's `weights` in `MLP.parameter_list` order.
+static Named time_update_backward_node(const TimeUpdateTape& tape, const Tensor& cov, const Tensor& A,
+                                       const Tensor& grad_mean, const Tensor& grad_cov, const Tensor& grad_A) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   WeightGradients weight_grads{&tape.layers};
   auto back = time_update_backward(tape.layers, tape.saved, cov, A, grad_mean, grad_cov, grad_A, tape.has_controls,
                                    weight_grads);
-  Tensors out{back.mean, back.cov, back.u, back.Q};
-  for (auto& g : weight_grads.result()) out.push_back(g);
+  Named out;
+  out["mean"] = back.mean;
+  out["cov"] = back.cov;
+  out["u"] = back.u;
+  out["dynamics_cov"] = back.Q;
+  out["weights"] = weight_grads.result();
   return out;
 }
 
