@@ -1,14 +1,10 @@
 """Speed of one whole training iteration: objective `vro` + backward + `torch.optim.Adam` step.
 
 Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [--sweep-only] [--sweep-devices cpu cuda]
-                                        [--compile] [--backend NAME]
+                                        [--backend NAME]
 
 Prints one JSON line per measurement, then a table:
   train_vdp, train_push, train_pend      the paper-size configurations, beside the reference times;
-  train_*_compiled, sweep_compiled       with --compile: the same with `EKFModel(compile=True)` (the networks
-                                         through `torch.compile`, the recursions in C++ where built); `compile_s`
-                                         is the time of the first two iterations, which compile the kernels
-                                         with Inductor's caches off, as on first use;
   train_push_ct, train_push_le           continuous-time and linear-ensemble (K = 100) push models;
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
                                          default, all 18 points with --full), and on CUDA when available
@@ -20,8 +16,6 @@ each line); `--backend reference|fused|native|auto` times another backend (`00b_
 """
 import itertools
 import json
-import time
-import warnings
 
 import torch
 
@@ -68,33 +62,17 @@ def problem(*, latent_dim, obs_dim, ctrl_dim, T, batch, hidden, device="cpu", **
 
 
 def runs_cpp_loops(cfg, **model_options):
-    """Whether the model of a configuration really runs the C++ recursions (discrete-time EKF, eager kernels, CPU):
+    """Whether the model of a configuration really runs the C++ recursions (discrete-time EKF, CPU):
     a fresh one filters its data once (a trained one may have diverged on random data)."""
     model, y, u = problem(**cfg, **model_options)
     return type(model.filter(y, u).predicted_means.grad_fn).__name__.startswith("_Native")
 
 
-def compile_afresh():
-    "Let the next compiled model compile from scratch, as on first use."
-    torch._dynamo.reset()  # each configuration compiles afresh, within dynamo's limit of 8 shapes per function
-    torch._inductor.config.force_disable_caches = True  # not from the disk cache
-    warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # what the line above implies
-
-
-def compile_seconds(step):
-    "Seconds of a compiled model's first two iterations, which compile its kernels."
-    start = time.perf_counter()
-    step(), step()
-    return round(time.perf_counter() - start, 1)
-
-
 def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **model_options):
     "Time one configuration, print its JSON line and return (name, median, reference, ops)."
-    if model_options.get("compile"):
-        compile_afresh()
     model, y, u = problem(**cfg, **model_options)
     step = training_step(model, y, u)
-    extra = {"compile_s": compile_seconds(step)} if model_options.get("compile") else {}
+    extra = {}
     med, lo, hi = time_it(step, warmup=warmup, repeats=repeats)
     extra["cpp_loops"] = runs_cpp_loops(cfg, **model_options)
     ops = count_ops(step) if with_ops else None
@@ -104,12 +82,10 @@ def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **mo
     return name, med, reference, ops
 
 
-def sweep_point(cfg, *, repeats, device, compile):
-    """Time one sweep point; returns (median, min, max) and the extra fields of its line: `compile_s` for a
-    compiled model, `peak_gib` (the peak of allocated memory) on CUDA."""
-    if compile:
-        compile_afresh()
-    model, y, u = problem(**cfg, compile=compile)
+def sweep_point(cfg, *, repeats, device):
+    """Time one sweep point; returns (median, min, max) and the extra fields of its line: `peak_gib` (the peak of
+    allocated memory) on CUDA."""
+    model, y, u = problem(**cfg)
     step = from_initial_weights(model, training_step(model, y, u))
     if device == "cuda":
         inner = step
@@ -118,27 +94,27 @@ def sweep_point(cfg, *, repeats, device, compile):
             inner()
             torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    extra = {"compile_s": compile_seconds(step)} if compile else {}
+    extra = {}
     times = time_it(step, warmup=1, repeats=repeats)
     if device == "cuda":
         extra["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return times, extra
 
 
-def sweep(points, *, repeats, device, compile=False):
+def sweep(points, *, repeats, device):
     "The push DT-EKF over (T, B, n); returns table rows (a point that runs out of GPU memory says so)."
-    name, rows = "sweep_compiled" if compile else "sweep", []
+    name, rows = "sweep", []
     for T, B, n in points:
         cfg = dict(CONFIGS["push"], T=T, batch=B, latent_dim=n, device=device)
         point = dict(device=device, T=T, batch=B, latent_dim=n)
         try:
-            (med, lo, hi), extra = sweep_point(cfg, repeats=repeats, device=device, compile=compile)
+            (med, lo, hi), extra = sweep_point(cfg, repeats=repeats, device=device)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             print(json.dumps({"config": name, "out_of_memory": True, **point}), flush=True)
             rows.append((f"{name} {device} T={T} B={B} n={n}", None, None, None))
             continue
-        report(name, med, lo, hi, cpp_loops=runs_cpp_loops(cfg, compile=compile), **extra, **point)
+        report(name, med, lo, hi, cpp_loops=runs_cpp_loops(cfg), **extra, **point)
         rows.append((f"{name} {device} T={T} B={B} n={n}", med, None, None))
     return rows
 
@@ -147,7 +123,6 @@ def main():
     parser = benchmark_parser(__doc__)
     parser.add_argument("--full", action="store_true", help="all 18 sweep points instead of a subset")
     parser.add_argument("--skip-sweep", action="store_true", help="leave out the scaling sweep")
-    parser.add_argument("--compile", action="store_true", help="also time EKFModel(compile=True), sweep included")
     parser.add_argument("--sweep-only", action="store_true", help="only the scaling sweep")
     parser.add_argument("--sweep-devices", nargs="+", choices=["cpu", "cuda"],
                         help="where the sweep runs (default: the CPU, and CUDA when present)")
@@ -159,10 +134,6 @@ def main():
     if not args.sweep_only:
         for name, cfg in CONFIGS.items():
             rows.append(measure(f"train_{name}", cfg, repeats=args.repeats, reference=REFERENCE_SECONDS[name]))
-        if args.compile:
-            for name, cfg in CONFIGS.items():
-                rows.append(measure(f"train_{name}_compiled", cfg, repeats=args.repeats,
-                                    reference=REFERENCE_SECONDS[name], compile=True))
         rows.append(measure("train_push_ct", CONFIGS["push"], repeats=3, warmup=1, with_ops=False,
                             dynamics="continuous"))
         rows.append(measure("train_push_le", CONFIGS["push"], repeats=max(3, args.repeats // 3), dynamics="ensemble",
@@ -170,8 +141,7 @@ def main():
     if not args.skip_sweep:
         points = SWEEP_FULL if args.full else SWEEP_DEFAULT
         for device in devices:
-            for compile in (False, True) if args.compile else (False,):
-                rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device, compile=compile)
+            rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device)
     print("\n| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
     for name, med, ref, ops in rows:
         speedup = f"{ref / med:.1f}x" if ref else ""

@@ -6,9 +6,8 @@
 __all__ = ['MLP_INITS', 'NOISE_STRUCTURES', 'MLP', 'PositiveDefinite', 'ResidualDynamics', 'LinearEnsembleDynamics', 'EKFModel']
 
 # %% ../nbs/03_models.ipynb
-import functools
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -193,25 +192,10 @@ class _WeightGradients:
         return [None] * 2 * len(self.layers.weights) if self.total is None else _param_grads(*self.total)
 
 
-class _Kernels(NamedTuple):
-    "The plain-tensor forward and backward (to the input) of an MLP's value and Jacobian, eager or compiled."
-    forward: Callable
-    backward_to_input: Callable
-
-
-_EAGER_KERNELS = _Kernels(_mlp_forward, _mlp_backward_to_input)
-
-
-@functools.cache
-def _compiled_kernels() -> _Kernels:
-    "`_mlp_forward` and `_mlp_backward_to_input` through `torch.compile` (built once; each input shape compiles anew)."
-    return _Kernels(torch.compile(_mlp_forward, dynamic=False), torch.compile(_mlp_backward_to_input, dynamic=False))
-
-
-def _value_and_jacobian(x, wrt, activation, beta, kernels, *params):
+def _value_and_jacobian(x, wrt, activation, beta, *params):
     "`((out (B,o), J (B,o,wrt)), (saved, layers))`: the plain forward of `_MLPValueAndJacobian`."
     layers = _layers(params, activation, beta, wrt)
-    out, J, saved = kernels.forward(x, layers)
+    out, J, saved = _mlp_forward(x, layers)
     return (out, J), (saved, layers)
 
 
@@ -224,11 +208,10 @@ class _MLPValueAndJacobian(torch.autograd.Function):
     "`_mlp_forward` as one autograd node with a hand-written backward; returns `(out, J)`."
 
     @staticmethod
-    def forward(ctx, x, wrt, activation, beta, kernels, *params):
-        outputs, (ctx.intermediates, ctx.layers) = _value_and_jacobian(x, wrt, activation, beta, kernels, *params)
+    def forward(ctx, x, wrt, activation, beta, *params):
+        outputs, (ctx.intermediates, ctx.layers) = _value_and_jacobian(x, wrt, activation, beta, *params)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*params, *outputs)
-        ctx.kernels = kernels
         return outputs
 
     @staticmethod
@@ -236,15 +219,15 @@ class _MLPValueAndJacobian(torch.autograd.Function):
     def backward(ctx, grad_out, grad_J):
         *_, out, J = ctx.saved_tensors
         grad_out, grad_J = _grads_or_zeros((grad_out, grad_J), (out, J))
-        grad_x, factors = ctx.kernels.backward_to_input(ctx.intermediates, ctx.layers, grad_out, grad_J)
-        return (grad_x, None, None, None, None, *_param_grads(*_mlp_weight_grads([factors], ctx.layers)))
+        grad_x, factors = _mlp_backward_to_input(ctx.intermediates, ctx.layers, grad_out, grad_J)
+        return (grad_x, None, None, None, *_param_grads(*_mlp_weight_grads([factors], ctx.layers)))
 
 
 class _NativeMLPValueAndJacobian(torch.autograd.Function):
     "`_MLPValueAndJacobian` with its forward and backward in C++ (`03a_native_loops`); the same arguments and outputs."
 
     @staticmethod
-    def forward(ctx, x, wrt, activation, beta, kernels, *params):
+    def forward(ctx, x, wrt, activation, beta, *params):
         out, J, ctx.tape = native_extension().value_and_jacobian_forward(
             x, list(params), _ACTIVATIONS.index(activation), float(beta), wrt)
         ctx.set_materialize_grads(False)
@@ -256,15 +239,7 @@ class _NativeMLPValueAndJacobian(torch.autograd.Function):
     def backward(ctx, grad_out, grad_J):
         g = native_extension().value_and_jacobian_backward(ctx.tape, *_grads_or_zeros((grad_out, grad_J),
                                                                                        ctx.saved_tensors))
-        return (g["x"], None, None, None, None, *g["weights"])
-
-
-def _path_for(backend, tensor, *mlps):
-    """`resolve_backend(backend, tensor)`, but \"fused\" in place of \"native\" for a batched pass of an MLP with
-    compiled kernels: `compile=True` asks for them there. (The C++ recursions keep their own kernels.)"""
-    path = resolve_backend(backend, tensor)
-    compiled = any(mlp.kernels is not _EAGER_KERNELS for mlp in mlps)
-    return "fused" if path == "native" and compiled else path
+        return (g["x"], None, None, None, *g["weights"])
 
 
 MLP_INITS = ("kaiming_fan_out", "pytorch")
@@ -283,7 +258,6 @@ class MLP(nn.Module):
         activation: str = "softplus",  # one of "softplus", "tanh", "relu"
         beta: float = 2.0,  # softplus sharpness
         init: str = "pytorch",  # weight initialisation, one of `MLP_INITS` (see below)
-        compile: bool = False,  # run `value_and_jacobian`'s kernels through `torch.compile` (see above)
     ):
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -299,7 +273,6 @@ class MLP(nn.Module):
                 nn.init.kaiming_normal_(linear.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(linear.bias)
         self.in_dim, self.out_dim, self.activation, self.beta = in_dim, out_dim, activation, beta
-        self.kernels = _compiled_kernels() if compile else _EAGER_KERNELS
 
     def parameter_list(self) -> list[torch.Tensor]:
         "Weights and biases in layer order, `[W_1, b_1, ..., W_L, b_L]`."
@@ -323,9 +296,9 @@ class MLP(nn.Module):
         if x.ndim != 2 or x.shape[-1] != self.in_dim:
             raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
         wrt = self.in_dim if wrt is None else wrt
-        path = _path_for(backend, x, self)
+        path = resolve_backend(backend, x)
         node = _NativeMLPValueAndJacobian if path == "native" else _MLPValueAndJacobian
-        return fused_or_plain(path, node, _value_and_jacobian, x, wrt, self.activation, self.beta, self.kernels,
+        return fused_or_plain(path, node, _value_and_jacobian, x, wrt, self.activation, self.beta,
                               *self.parameter_list())
 
 # %% ../nbs/03_models.ipynb
@@ -376,29 +349,29 @@ def _join(z, u, ctrl_dim):
     return torch.cat([z, u], -1)
 
 
-def _time_update(mean, cov, u, Q, kernels, layers):
+def _time_update(mean, cov, u, Q, layers):
     "`((F (B,n), AΣAᵀ+Q (B,n,n), A (B,n,n)), saved)`: one residual time update, with the dynamics MLP's `_Layers`."
     n = mean.shape[-1]
     x = mean if u is None else torch.cat([mean, u], -1)
-    out, J, saved = kernels.forward(x, layers)
+    out, J, saved = _mlp_forward(x, layers)
     A = J + identity(n, J.dtype, J.device)
     next_cov = symmetrize(torch.baddbmm(Q, torch.bmm(A, cov), A.mT))
     return (mean + out, next_cov, A), saved
 
 
-def _residual_time_update(mean, cov, u, Q, activation, beta, kernels, *params):
+def _residual_time_update(mean, cov, u, Q, activation, beta, *params):
     "`(outputs, (saved, layers))`: the plain forward of `_ResidualTimeUpdate`."
     layers = _layers(params, activation, beta, mean.shape[-1])
-    outputs, saved = _time_update(mean, cov, u, Q, kernels, layers)
+    outputs, saved = _time_update(mean, cov, u, Q, layers)
     return outputs, (saved, layers)
 
 
-def _residual_time_update_backward(kernels, layers, intermediates, cov, A, grad_mean, grad_cov, grad_A, has_controls):
+def _residual_time_update_backward(layers, intermediates, cov, A, grad_mean, grad_cov, grad_A, has_controls):
     "`∂ℓ/∂(μ, Σ, u, Q)` of `_time_update`, and the factors of its weight gradients (`_mlp_weight_grads`)."
     G = symmetrize(grad_cov)
     GA = torch.bmm(G, A)
     grad_A = torch.baddbmm(grad_A, GA, cov, alpha=2)  # Ā + 2 sym(Σ̄') A Σ
-    grad_x, factors = kernels.backward_to_input(intermediates, layers, grad_mean, grad_A)
+    grad_x, factors = _mlp_backward_to_input(intermediates, layers, grad_mean, grad_A)
     n = A.shape[-1]
     grad_u = grad_x[:, n:] if has_controls else None
     return grad_x[:, :n] + grad_mean, torch.bmm(A.mT, GA), grad_u, G, factors
@@ -408,12 +381,11 @@ class _ResidualTimeUpdate(torch.autograd.Function):
     "`F(μ,u) = μ + f([μ,u])`, `A Σ Aᵀ + Q`, `A = I + ∂f/∂z` as one autograd node; returns `(F, AΣAᵀ+Q, A)`."
 
     @staticmethod
-    def forward(ctx, mean, cov, u, Q, activation, beta, kernels, *params):
-        outputs, (ctx.intermediates, ctx.layers) = _residual_time_update(
-            mean, cov, u, Q, activation, beta, kernels, *params)
+    def forward(ctx, mean, cov, u, Q, activation, beta, *params):
+        outputs, (ctx.intermediates, ctx.layers) = _residual_time_update(mean, cov, u, Q, activation, beta, *params)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(cov, *params, *outputs)
-        ctx.kernels, ctx.has_controls = kernels, u is not None
+        ctx.has_controls = u is not None
         return outputs
 
     @staticmethod
@@ -422,15 +394,15 @@ class _ResidualTimeUpdate(torch.autograd.Function):
         cov, *_, next_mean, next_cov, A = ctx.saved_tensors
         grads = _grads_or_zeros((grad_mean, grad_cov, grad_A), (next_mean, next_cov, A))
         *input_grads, factors = _residual_time_update_backward(
-            ctx.kernels, ctx.layers, ctx.intermediates, cov, A, *grads, ctx.has_controls)
-        return (*input_grads, None, None, None, *_param_grads(*_mlp_weight_grads([factors], ctx.layers)))
+            ctx.layers, ctx.intermediates, cov, A, *grads, ctx.has_controls)
+        return (*input_grads, None, None, *_param_grads(*_mlp_weight_grads([factors], ctx.layers)))
 
 
 class _NativeTimeUpdate(torch.autograd.Function):
     "`_ResidualTimeUpdate` with its forward and backward in C++ (`03a_native_loops`); the same arguments and outputs."
 
     @staticmethod
-    def forward(ctx, mean, cov, u, Q, activation, beta, kernels, *params):
+    def forward(ctx, mean, cov, u, Q, activation, beta, *params):
         next_mean, next_cov, A, ctx.tape = native_extension().time_update_forward(
             mean, cov, u, Q, list(params), _ACTIVATIONS.index(activation), float(beta))
         ctx.set_materialize_grads(False)
@@ -443,7 +415,7 @@ class _NativeTimeUpdate(torch.autograd.Function):
         cov, *outputs = ctx.saved_tensors
         g = native_extension().time_update_backward(ctx.tape, cov, outputs[2],
                                                     *_grads_or_zeros((grad_mean, grad_cov, grad_A), outputs))
-        return (g["mean"], g["cov"], g["u"], g["dynamics_cov"], None, None, None, *g["weights"])
+        return (g["mean"], g["cov"], g["u"], g["dynamics_cov"], None, None, *g["weights"])
 
 
 class ResidualDynamics(nn.Module):
@@ -475,10 +447,10 @@ class ResidualDynamics(nn.Module):
         B, n = mean.shape
         if cov.shape != (B, n, n):
             raise ValueError(f"cov must have shape ({B}, {n}, {n}) to match the mean, got {tuple(cov.shape)}")
-        path = _path_for(backend, mean, self.f)
+        path = resolve_backend(backend, mean)
         node = _NativeTimeUpdate if path == "native" else _ResidualTimeUpdate
         return fused_or_plain(path, node, _residual_time_update, mean, cov, self._used_controls(u), Q.expand(B, n, n),
-                              self.f.activation, self.f.beta, self.f.kernels, *self.f.parameter_list())
+                              self.f.activation, self.f.beta, *self.f.parameter_list())
 
     def _used_controls(self, u):
         "`u` if these dynamics take controls (an error if it is missing), else None."
@@ -503,7 +475,7 @@ class ResidualDynamics(nn.Module):
         "The whole EKF recursion as one autograd node, for an `MLP` observation model (called by `ekf_filter`)."
         if not isinstance(observe, MLP):
             return None
-        path = resolve_backend(backend, y)  # the C++ recursion has its own kernels: compiled ones do not change it
+        path = resolve_backend(backend, y)
         node = _NativeFilter if path == "native" and not robust else _Filter
         fields = fused_or_plain(path, node, _filter_loop, self, observe, y, self._used_controls(u), mask, mean, cov, Q,
                                 R, robust, *self.f.parameter_list(), *observe.parameter_list())
@@ -520,7 +492,7 @@ class ResidualDynamics(nn.Module):
         backend: str | None = None,  # one of `BACKENDS` (`00b_backends`); None: the default
     ) -> tuple:  # means `(B,steps,n)`, covariances `(B,steps,n,n)`, Jacobians `(B,steps-1,n,n)`
         "Open-loop prediction as one autograd node (called by `ekf_predict`)."
-        path = resolve_backend(backend, mean)  # as in `filter_recursion`
+        path = resolve_backend(backend, mean)
         node = _NativeRollout if path == "native" else _Rollout
         return fused_or_plain(path, node, _rollout_loop, self, mean, cov, self._used_controls(u), Q, steps,
                               *self.f.parameter_list())
@@ -530,10 +502,10 @@ class LinearEnsembleDynamics(nn.Module):
     "LE-EKF dynamics `F(z,u) = A(z) z + B(z) u`, with `A`, `B` convex mixtures of `ensemble_size` learned matrices."
 
     def __init__(self, latent_dim: int, ctrl_dim: int = 0, *, ensemble_size: int = 10, hidden: int = 32,
-                 layers: int = 2, activation: str = "softplus", beta: float = 2.0, compile: bool = False):
+                 layers: int = 2, activation: str = "softplus", beta: float = 2.0):
         super().__init__()
         n, m, K = latent_dim, ctrl_dim, ensemble_size
-        self.mixer = MLP(n, K, hidden=hidden, layers=layers, activation=activation, beta=beta, compile=compile)
+        self.mixer = MLP(n, K, hidden=hidden, layers=layers, activation=activation, beta=beta)
         self.A = nn.Parameter(torch.eye(n) + 0.01 * torch.randn(K, n, n))
         self.B = nn.Parameter(0.1 * torch.randn(K, n, m) / math.sqrt(max(m, 1)))
         self.latent_dim, self.ctrl_dim = n, m
@@ -567,7 +539,7 @@ def _rollout_loop(dynamics, mean, cov, u, Q, steps, *params):
     layers = _layers(params, f.activation, f.beta, mean.shape[-1])
     means, covs, jacobians, saved = [mean], [cov], [], []
     for k in range(steps - 1):
-        (mean, cov, A), step_saved = _time_update(mean, cov, None if u is None else u[:, k], Q, f.kernels, layers)
+        (mean, cov, A), step_saved = _time_update(mean, cov, None if u is None else u[:, k], Q, layers)
         means.append(mean), covs.append(cov), jacobians.append(A), saved.append(step_saved)
     B, n = mean.shape
     jacobians = torch.stack(jacobians, 1) if jacobians else mean.new_zeros(B, 0, n, n)
@@ -582,14 +554,13 @@ class _Rollout(torch.autograd.Function):
         outputs, (ctx.intermediates, ctx.layers) = _rollout_loop(dynamics, mean, cov, u, Q, steps, *params)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*params, *outputs)
-        ctx.f, ctx.has_controls, ctx.control_steps = dynamics.f, u is not None, None if u is None else u.shape[1]
+        ctx.has_controls, ctx.control_steps = u is not None, None if u is None else u.shape[1]
         return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_means, grad_covs, grad_A):
         *_, means, covs, jacobians = ctx.saved_tensors
-        f = ctx.f
         grad_means, grad_covs, grad_A = (g.unbind(1) for g in _grads_or_zeros(
             (grad_means, grad_covs, grad_A), (means, covs, jacobians)))
         covs, jacobians = covs.unbind(1), jacobians.unbind(1)
@@ -597,7 +568,7 @@ class _Rollout(torch.autograd.Function):
         grad_u, grad_Q, weight_grads = [], [], _WeightGradients(ctx.layers)
         for k in range(len(jacobians) - 1, -1, -1):
             grad_mean, grad_cov, grad_u_k, grad_Q_k, step_factors = _residual_time_update_backward(
-                f.kernels, ctx.layers, ctx.intermediates[k], covs[k], jacobians[k], carry_mean, carry_cov, grad_A[k],
+                ctx.layers, ctx.intermediates[k], covs[k], jacobians[k], carry_mean, carry_cov, grad_A[k],
                 ctx.has_controls)
             carry_mean, carry_cov = grad_means[k] + grad_mean, grad_covs[k] + grad_cov
             grad_u.append(grad_u_k), grad_Q.append(grad_Q_k), weight_grads.add(step_factors)
@@ -614,7 +585,7 @@ def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params
     observation_layers = _layers(params[2 * len(f.linears):], observe.activation, observe.beta, n)
     fields, saved = [[] for _ in FILTER_FIELDS], []
     for t in range(T):
-        y_pred, C, observation_saved = observe.kernels.forward(mean, observation_layers)
+        y_pred, C, observation_saved = _mlp_forward(mean, observation_layers)
         (new_mean, new_cov, S, info), update_saved = _kalman_update(mean, cov, y_pred, C, R, y[:, t], robust)
         step_saved = [observation_saved, update_saved, new_cov]
         if mask is not None:
@@ -625,7 +596,7 @@ def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params
         fields[8].append(info)
         if t < T - 1:
             (mean, cov, A), dynamics_saved = _time_update(
-                new_mean, new_cov, None if u is None else u[:, t], Q, f.kernels, dynamics_layers)
+                new_mean, new_cov, None if u is None else u[:, t], Q, dynamics_layers)
             fields[7].append(A), step_saved.append(dynamics_saved)
         saved.append(step_saved)
     stacked = [torch.stack(v, 1) if v else y.new_zeros(mean.shape[0], 0, n, n) for v in fields]
@@ -644,7 +615,7 @@ class _Filter(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(fields[8])
         ctx.save_for_backward(*params, *fields[:8])
-        ctx.f, ctx.g, ctx.mask = dynamics.f, observe, mask
+        ctx.mask = mask
         ctx.has_controls, ctx.control_steps = u is not None, None if u is None else u.shape[1]
         return tuple(fields)
 
@@ -652,7 +623,7 @@ class _Filter(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
         *_, pm, pc, fm, fc, ym, S, C, A = ctx.saved_tensors
-        f, g, mask, dynamics_layers, observation_layers = ctx.f, ctx.g, ctx.mask, ctx.dynamics_layers, ctx.observation_layers
+        mask, dynamics_layers, observation_layers = ctx.mask, ctx.dynamics_layers, ctx.observation_layers
         T = pm.shape[1]
         grad_pm, grad_pc, grad_fm, grad_fc, grad_A = (
             x.unbind(1) for x in _grads_or_zeros([grads[k] for k in (0, 1, 2, 3, 7)], (pm, pc, fm, fc, A)))
@@ -666,7 +637,7 @@ class _Filter(torch.autograd.Function):
             to_mean, to_cov = grad_fm[t], grad_fc[t]
             if t < T - 1:
                 back_mean, back_cov, grad_u_t, grad_Q_t, factors = _residual_time_update_backward(
-                    f.kernels, dynamics_layers, dynamics_saved[0], fc[t], A[t], carry_mean, carry_cov, grad_A[t],
+                    dynamics_layers, dynamics_saved[0], fc[t], A[t], carry_mean, carry_cov, grad_A[t],
                     ctx.has_controls)
                 to_mean, to_cov = to_mean + back_mean, to_cov + back_cov
                 grad_u.append(grad_u_t), grad_Q.append(grad_Q_t), dynamics_grads.add(factors)
@@ -682,7 +653,7 @@ class _Filter(torch.autograd.Function):
                 grad_y_pred = grad_y_pred + grad_ym[t]
             if grad_C[t] is not None:
                 grad_C_t = grad_C_t + grad_C[t]
-            grad_x, factors = g.kernels.backward_to_input(observation_saved, observation_layers, grad_y_pred, grad_C_t)
+            grad_x, factors = _mlp_backward_to_input(observation_saved, observation_layers, grad_y_pred, grad_C_t)
             observation_grads.add(factors)
             carry_mean, carry_cov = grad_pm[t] + grad_mean + grad_x, grad_pc[t] + grad_cov
             if skip_mean is not None:
@@ -785,7 +756,6 @@ class EKFModel(nn.Module):
         atol: float = 1e-9,
         ode_options: dict | None = None,  # torchdiffeq solver options, e.g. `{"step_size": dt}` for method "rk4"
         cov_regularizer: float = 0.0,  # ε of `ekf_filter`: 0 is the exact EKF; the paper's code used 1e-3
-        compile: bool = False,  # compile the MLPs' value-and-Jacobian kernels (see the MLP section)
         backend: str | None = None,  # one of `BACKENDS` (`00b_backends`) for filtering, smoothing and prediction; None: the default
     ):
         super().__init__()
@@ -797,7 +767,7 @@ class EKFModel(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(ctrl_dim, int) or ctrl_dim < 0:
             raise ValueError(f"ctrl_dim must be a non-negative int, got {ctrl_dim!r}")
-        mlp = dict(hidden=hidden, activation=activation, init=init, compile=compile)
+        mlp = dict(hidden=hidden, activation=activation, init=init)
         if dynamics == "discrete":
             self.dynamics = ResidualDynamics(latent_dim, ctrl_dim, layers=dynamics_layers, **mlp)
         elif dynamics == "continuous":
@@ -806,7 +776,7 @@ class EKFModel(nn.Module):
                                                options=ode_options)
         else:
             self.dynamics = LinearEnsembleDynamics(latent_dim, ctrl_dim, ensemble_size=ensemble_size,
-                                                   activation=activation, compile=compile)
+                                                   activation=activation)
         self.observation = MLP(latent_dim, obs_dim, layers=observation_layers, **mlp)
         self.initial_mean = nn.Parameter(torch.zeros(latent_dim), requires_grad=learn_initial_mean)
         self.initial_cov = PositiveDefinite(latent_dim, initial_variance=1.0, structure=noise)

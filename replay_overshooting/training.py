@@ -248,9 +248,8 @@ def _own_loss(model, config, y, u, iteration, checked):
 
 
 def _ekf_vectorisable(config) -> bool:
-    "The vector EKF, unless continuous-time (adaptive steps differ per seed) or compiled."
-    options = config.model_options
-    return options.get("dynamics", "discrete") != "continuous" and not options.get("compile", False)
+    "The vector EKF, unless continuous-time (adaptive steps differ per seed)."
+    return config.model_options.get("dynamics", "discrete") != "continuous"
 
 
 MODEL_KINDS = {
@@ -600,7 +599,7 @@ def train(
 
     With `seeds`, train one run per seed in this process and return their results in order: the vector EKF
     (discrete or linear-ensemble dynamics, eager kernels) trains all seeds at once under `torch.func.vmap`;
-    every other model (continuous time, compiled, image EKF, baselines) trains them one after another.
+    every other model (continuous time, image EKF, baselines) trains them one after another.
 
     On CPU it trains with `num_threads` torch threads, one by default: the paper's models are so small that
     more threads cost more in synchronisation than they gain (on a busy 2-core machine, 100 iterations took

@@ -6,7 +6,7 @@ from torch.autograd.functional import jacobian
 from naive import naive_filter, naive_smoother
 
 from replay_overshooting.ekf import (
-    FilterResult, dynamics_and_jacobian, ekf_filter, ekf_predict, observation_and_jacobian, rts_smoother,
+    dynamics_and_jacobian, ekf_filter, ekf_predict, observation_and_jacobian, rts_smoother,
 )
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test with each backend: C++ loops, fused nodes, reference

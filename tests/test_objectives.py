@@ -6,7 +6,7 @@ import torch
 
 from naive import naive_objective_terms
 from replay_overshooting.models import MLP, EKFModel
-from replay_overshooting.objectives import OBJECTIVES, get_objective, lro, no_overshooting, ramp, s_ekf, sro, vro
+from replay_overshooting.objectives import OBJECTIVES, get_objective, no_overshooting, ramp, s_ekf, sro, vro
 
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test with each backend: C++ loops, fused nodes, reference
@@ -154,14 +154,14 @@ def test_gradients_stay_finite_with_push_hyperparameters(name):
 
 def test_gradcheck_fused_mlp_and_time_update():
     "The hand-written backwards of the MLP value-and-Jacobian and the residual time update, by finite differences."
-    from replay_overshooting.models import _EAGER_KERNELS, _MLPValueAndJacobian, _ResidualTimeUpdate
+    from replay_overshooting.models import _MLPValueAndJacobian, _ResidualTimeUpdate
     torch.manual_seed(0)
     for activation in ("softplus", "tanh"):
         for out_dim in (2, 6):  # carried from the output side, and from the input side
             net = MLP(4, out_dim, hidden=5, layers=2, activation=activation).double()
             params = [p.detach().clone().requires_grad_() for p in net.parameter_list()]
             x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-            fn = lambda x, *ps: _MLPValueAndJacobian.apply(x, 3, activation, net.beta, _EAGER_KERNELS, *ps)
+            fn = lambda x, *ps: _MLPValueAndJacobian.apply(x, 3, activation, net.beta, *ps)
             assert torch.autograd.gradcheck(fn, (x, *params))
     net = MLP(5, 3, hidden=4, layers=2).double()
     params = [p.detach().clone().requires_grad_() for p in net.parameter_list()]
@@ -169,8 +169,7 @@ def test_gradcheck_fused_mlp_and_time_update():
     P_factor, Q_factor = (torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
 
     def time_update(z, P_factor, u, Q_factor, *ps):
-        return _ResidualTimeUpdate.apply(z, P_factor @ P_factor.mT, u, Q_factor @ Q_factor.mT, "softplus", 2.0,
-                                         _EAGER_KERNELS, *ps)
+        return _ResidualTimeUpdate.apply(z, P_factor @ P_factor.mT, u, Q_factor @ Q_factor.mT, "softplus", 2.0, *ps)
     assert torch.autograd.gradcheck(time_update, (z, P_factor, u, Q_factor, *params))
 
 

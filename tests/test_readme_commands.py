@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_DATA = {"vdp": "{num_sequences: 8, seq_len: 46, cache: false}",
