@@ -13,17 +13,16 @@ and `native` with one piece of the extension replaced by its fused Python node, 
 
   -gaussian      the small-system kernels of the Gaussian log-density, KL and solves (`gaussian._native_loops`)
   -obs_cov       the observation covariances `C Σ Cᵀ + R` of whole windows
-  -gains         the smoother's gains
   -rts           the RTS recursion
   -batched_mlp   the batched network passes outside the recursions (value and Jacobian, time update)
 
 The variants are timed in turn, `--rounds` times, each time the median of `--repeats` iterations, all in one
-process on one thread; the figure is the median over rounds (the machines are noisy: read the ratios). A piece
-saves `(t(native - piece) - t(native)) / t(native - piece)` of an iteration.
+process on one thread. The figure is the fastest round: on a shared machine other work can only slow a round
+down, and rounds of one variant here varied by up to 1.5x, far more than the pieces' effects. A piece saves
+`(t(native - piece) - t(native)) / t(native - piece)` of an iteration; differences of a few percent are noise.
 """
 import contextlib
 import json
-import statistics
 
 from common import CONFIGS, benchmark_parser, parse_single_threaded, time_it
 from bench_train import problem, training_step
@@ -55,8 +54,6 @@ def without(piece):
         return replaced(gaussian, "_native_loops", lambda path, L: None)
     if piece == "obs_cov":
         return replaced(ekf, "_NativeObservationCovariance", _PlainObservationCovariance)
-    if piece == "gains":
-        return replaced(ekf, "_native_loops", lambda path, L: None)
     if piece == "rts":
         return replaced(ekf, "_NativeRTSRecursion", ekf._RTSRecursion)
     if piece == "batched_mlp":
@@ -68,7 +65,7 @@ def without(piece):
 
 
 VARIANTS = {"reference": ("reference", None), "fused": ("fused", None), "native": ("native", None),
-            **{f"-{piece}": ("native", piece) for piece in ("gaussian", "obs_cov", "gains", "rts", "batched_mlp")}}
+            **{f"-{piece}": ("native", piece) for piece in ("gaussian", "obs_cov", "rts", "batched_mlp")}}
 
 
 def main():
@@ -86,23 +83,24 @@ def main():
                 model.backend = backend
                 with without(piece) if piece else contextlib.nullcontext():
                     times[name].append(time_it(step, warmup=2, repeats=args.repeats)[0])
-        medians = {name: statistics.median(t) for name, t in times.items()}
-        table[config] = medians
-        native = medians["native"]
-        for name, seconds in medians.items():
-            line = {"config": config, "variant": name, "median_s": round(seconds, 5),
+        fastest = {name: min(t) for name, t in times.items()}
+        table[config] = fastest
+        native = fastest["native"]
+        for name, seconds in fastest.items():
+            line = {"config": config, "variant": name, "fastest_round_s": round(seconds, 5),
                     "rounds_s": [round(t, 5) for t in times[name]]}
             if name.startswith("-"):
                 line["piece_saves"] = round((seconds - native) / seconds, 3)
             print(json.dumps(line), flush=True)
     names = list(VARIANTS)
     print("\n| config | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-    for config, medians in table.items():
-        native = medians["native"]
-        cells = [f"{medians[n] * 1e3:.1f} ms" + (f" ({(medians[n] - native) / medians[n]:+.0%})" if n.startswith("-")
+    for config, fastest in table.items():
+        native = fastest["native"]
+        cells = [f"{fastest[n] * 1e3:.1f} ms" + (f" ({(fastest[n] - native) / fastest[n]:+.0%})" if n.startswith("-")
                                                  else "") for n in names]
         print(f"| {config} | " + " | ".join(cells) + " |")
-    print("\nIn parentheses: the share of an iteration the piece saves (its time without the piece, minus native's).")
+    print("\nThe fastest of the rounds. In parentheses: the share of an iteration the piece saves (its time without "
+          "the piece, minus native's).")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from torch.func import jacrev, vmap
 from .backends import native_extension, resolve_backend
 from .protocols import FilterResult, HasValueAndJacobian, PredictResult, PropagatesBelief, RunsRecursions, SmootherResult
 from .gaussian import (
-    NotPositiveDefiniteError, _log_density, _native_loops, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize)
+    NotPositiveDefiniteError, _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize)
 
 # %% ../nbs/01_ekf.ipynb
 def dynamics_and_jacobian(
@@ -399,23 +399,6 @@ class _NativeRTSRecursion(torch.autograd.Function):
         return tuple(native_extension().rts_backward(ctx.tape, grad_means, grad_covs))
 
 
-class _NativeSmootherGains(torch.autograd.Function):
-    """The smoother gains `G_t = Σ_t|t A_tᵀ P_t+1|t⁻¹` `(B,T-1,n,n)` in the C++ loops, forward and backward, from
-    the Jacobians `A (B,T-1,n,n)`, the filtered and predicted covariances `(B,T,n,n)` and the Cholesky factors
-    `(B,T-1,n,n)` of the predicted ones from step 1 on."""
-
-    @staticmethod
-    def forward(ctx, jacobians, filtered_covs, predicted_covs, factors):
-        gains = native_extension().smoother_gains(jacobians, filtered_covs, factors)
-        ctx.save_for_backward(jacobians, filtered_covs, factors, gains)
-        return gains
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_gains):
-        return *native_extension().smoother_gains_backward(*ctx.saved_tensors, grad_gains), None
-
-
 def rts_smoother(
     dynamics: Callable,  # the dynamics given to `ekf_filter`
     filtered: FilterResult,  # output of `ekf_filter`
@@ -440,10 +423,7 @@ def rts_smoother(
     if T == 1:
         return SmootherResult(fm, _regularised(fc, cov_regularizer), pm, pc, fc.new_zeros(B, 0, n, n))
     factorise = functools.partial(psd_cholesky, name="predicted covariance") if checked else cholesky_or_nan
-    if _native_loops(path, fc) is not None:
-        gains = _NativeSmootherGains.apply(filtered.dynamics_jacobians, fc, pc, factorise(pc[:, 1:].detach()))
-    else:
-        gains = _solve(pc[:, 1:], filtered.dynamics_jacobians @ fc[:, :-1], factorise, path).mT  # (B,T-1,n,n)
+    gains = _solve(pc[:, 1:], filtered.dynamics_jacobians @ fc[:, :-1], factorise, path).mT  # (B,T-1,n,n)
     node = _NativeRTSRecursion if path == "native" else _RTSRecursion
     smoothed_means, smoothed_covs = fused_or_plain(path, node, _rts_recursion, fm, fc, pm[:, 1:], pc[:, 1:], gains)
     if cov_regularizer:

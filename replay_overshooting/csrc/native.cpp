@@ -13,8 +13,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<RTSTape, std::shared_ptr<RTSTape>>(m, "RTSTape");
   m.def("rts_forward", &rts_forward);
   m.def("rts_backward", &rts_backward);
-  m.def("smoother_gains", &smoother_gains);
-  m.def("smoother_gains_backward", &smoother_gains_backward);
   pybind11::class_<MLPTape, std::shared_ptr<MLPTape>>(m, "MLPTape");
   m.def("value_and_jacobian_forward", &value_and_jacobian_forward);
   m.def("value_and_jacobian_backward", &value_and_jacobian_backward);
