@@ -5,6 +5,7 @@ differentiated by autograd; the fused nodes and the C++ loops are hand-written r
 import pytest
 import torch
 
+from replay_overshooting import backends
 from replay_overshooting.backends import BackendUnavailableError
 from replay_overshooting.image_models import ImageEKFModel
 from replay_overshooting.models import EKFModel
@@ -63,8 +64,17 @@ def test_the_image_ekf_gives_the_reference_loss_and_gradients(backend):
 
 
 def test_a_backend_that_cannot_run_says_why():
-    model = EKFModel(2, 2, backend="native").to(torch.float16)
-    with pytest.raises((BackendUnavailableError, ValueError), match="float32 or float64"):
-        model.filter(torch.randn(1, 3, 2, dtype=torch.float16))
+    "An explicit `native` where the C++ loops are not built is an error that says so; `auto` falls back to fused."
+    model = EKFModel(2, 2, hidden=4, dynamics_layers=1, observation_layers=1, backend="native")
+    y = torch.randn(1, 3, 2)
+    registered = backends._native_loader
+    backends.register_native(lambda: None)  # as where the build failed
+    try:
+        with pytest.raises(BackendUnavailableError, match="not built here"):
+            model.filter(y)
+        model.backend = "auto"
+        assert type(model.filter(y).predicted_means.grad_fn).__name__ == "_FilterBackward"
+    finally:
+        backends.register_native(registered)
     with pytest.raises(ValueError, match="backend must be one of"):
         EKFModel(2, 2, backend="cpp")
