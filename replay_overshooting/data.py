@@ -185,12 +185,15 @@ def load_cache(
     key: str,  # expected cache key
     shapes: dict,  # name → expected shape of each array
 ) -> dict | None:  # name → tensor, or `None` if there is no file for this key
-    "Read a cache file written by `save_cache`, checking its key, shapes and values."
+    """Read a cache file written by `save_cache`, checking its key, shapes and values. A file written without
+    checksums (before the library added them) counts as absent, so it is regenerated with them."""
     path = Path(path)
     if not path.is_file():
         return None
     with open_hdf5(path) as file:
         if file.attrs.get("cache_key") != key:
+            return None
+        if not all(file[name].fletcher32 for name in shapes if name in file):
             return None
         where = f"cache file {path} (delete it to regenerate the data)"
         return {name: torch.from_numpy(read_array(file, name, where=where, shape=shape))

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .data import load_dataset
-from .evaluation import PUBLISHED, evaluate, hold_last_mae, rows_to_csv
+from .evaluation import PUBLISHED, UNSTABLE_MARK, evaluate, hold_last_mae, rows_to_csv
 from .plots import read_metrics, smooth_curve
 from .storage import atomic_write_text
 from .training import EXPERIMENTS, ExperimentConfig, TrainingDivergedError, get_experiment, train
@@ -146,7 +146,7 @@ def run_config(study: Study, variant: Variant, seed: int, *, max_iterations: int
 
 
 RUN_COLUMNS = ("study", "variant", "label", "seed", "filter_points", "predict_steps", "nll", "mae", "num_sequences",
-               "iterations", "train_seconds", "eval_seconds")
+               "iterations", "train_seconds", "eval_seconds", "unstable_sequences")
 
 
 def read_runs(path: str | Path) -> list:
@@ -154,7 +154,7 @@ def read_runs(path: str | Path) -> list:
     with Path(path).open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     numbers = {"seed": int, "filter_points": int, "predict_steps": int, "num_sequences": int, "iterations": int,
-               "nll": float, "mae": float, "train_seconds": float, "eval_seconds": float}
+               "nll": float, "mae": float, "train_seconds": float, "eval_seconds": float, "unstable_sequences": int}
     return [{key: numbers.get(key, str)(value) for key, value in row.items()} for row in rows]
 
 
@@ -222,6 +222,7 @@ def study_table(study: Study, *, out_dir: str | Path = "results", data_dir: str 
     rows = collect_runs(study, out_dir)
     test_set = load_dataset(study.dataset, "test", data_dir)
     lines = [f"# {study.name}: the paper's comparison on `{study.dataset}`", ""]
+    marked = []
     for F in study.filter_points:
         for P in study.predict_steps:
             lines += [f"## Filter on F = {F}, predict P = {P}", "",
@@ -231,8 +232,12 @@ def study_table(study: Study, *, out_dir: str | Path = "results", data_dir: str 
                 if not mine:
                     continue
                 paper_nll, paper_mae = _paper_numbers(study, variant, (F, P))
-                lines.append(f"| {variant.label} (`{variant.key}`) | {len(mine)} | {_mean_std([r['nll'] for r in mine])} "
-                             f"| {_mean_std([r['mae'] for r in mine])} | {paper_nll} | {paper_mae} |")
+                unstable = sum(r.get("unstable_sequences", 0) for r in mine)
+                mark = f" {UNSTABLE_MARK}" if unstable else ""
+                if unstable:
+                    marked.append(f"{variant.label} at F = {F}, P = {P}: {unstable} test sequences over {len(mine)} runs")
+                lines.append(f"| {variant.label} (`{variant.key}`) | {len(mine)} | {_mean_std([r['nll'] for r in mine])}"
+                             f"{mark} | {_mean_std([r['mae'] for r in mine])} | {paper_nll} | {paper_mae} |")
             lines += [f"| hold-last baseline | — | — | {hold_last_mae(test_set, F, P):.3g} | | |", ""]
     per_run = {(r["variant"], r["seed"]): r for r in rows}  # the seconds repeat on every (F, P) row of a run
     train_hours = sum(r["train_seconds"] for r in per_run.values()) / 3600
@@ -244,6 +249,9 @@ def study_table(study: Study, *, out_dir: str | Path = "results", data_dir: str 
     lines += [f"{runs} runs, {budget_text}; {train_hours:.2f} CPU hours of training and {eval_hours:.2f} of "
               f"evaluation (one thread each).", ""]
     lines += [f"- {note}" for note in study.notes]
+    if marked:
+        lines += ["", f"{UNSTABLE_MARK} Forecasts whose predictive covariance stopped being finite and positive definite "
+                  f"(their numbers are included): {'; '.join(marked)}."]
     return "\n".join(lines).rstrip() + "\n"
 
 # %% ../nbs/12_reproduce.ipynb

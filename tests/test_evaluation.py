@@ -52,7 +52,8 @@ def test_ekf_numbers_equal_a_direct_forecast():
     assert rows[0]["mae"] == pytest.approx(mae, rel=1e-12)
     assert batched[0]["nll"] == pytest.approx(nll, rel=1e-10)  # the EKF's NLL does not depend on the samples
     assert rows[0] | {"nll": 0, "mae": 0} == {"name": "EKFModel", "dataset": "toy", "filter_points": F,
-                                              "predict_steps": P, "nll": 0, "mae": 0, "num_sequences": 5}
+                                              "predict_steps": P, "nll": 0, "mae": 0, "num_sequences": 5,
+                                              "unstable_sequences": 0}
 
 
 def test_image_ekf_nll_is_the_pixel_sum_of_its_forecast():

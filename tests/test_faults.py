@@ -158,3 +158,21 @@ def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path):
     assert result.returncode != 0
     assert "File too large while writing" in result.stderr and str(run_dir) in result.stderr, result.stderr[-2000:]
     assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_forecast_that_stops_being_a_gaussian_is_warned_and_marked(tmp_path):
+    "Item 10: a long float32 open-loop forecast whose covariance loses positive definiteness is not a plain number."
+    from replay_overshooting.data import SequenceDataset
+    from replay_overshooting.models import EKFModel, UnstableForecastWarning
+    torch.manual_seed(0)
+    model = EKFModel(2, 2, hidden=16)  # untrained; its dynamics weights doubled, so the state stretches each step
+    with torch.no_grad():
+        for weight in model.dynamics.parameters():
+            weight.mul_(2)
+    data = SequenceDataset(name="drift", split="test", y=torch.randn(4, 205, 2), u=torch.zeros(4, 205, 0), dt=1.0,
+                           window_length=205, normalization={}, source="noise")
+    with pytest.warns(UnstableForecastWarning, match="4 of 4 test sequences"):
+        rows = evaluate(model, data, filter_points=5, predict_steps=(50, 200), num_samples=2, out_dir=tmp_path)
+    assert [r["unstable_sequences"] for r in rows[:2]] == [0, 4]
+    table = (tmp_path / "evaluation.md").read_text()
+    assert table.count(" † |") == 1 and "EKFModel at F = 5, P = 200: 4 of 4" in table, table
