@@ -1,5 +1,17 @@
 """Faults a run must survive: a second writer, divergence, damaged or edited files, interrupted and failed writes,
-and the umask. Each ends in a clear error that names the file and the way out, or in a correct result."""
+the umask, and forecasts that stop being Gaussians. Each ends in a clear error that names the file and the way out,
+or in a correct result.
+
+Where the other cases of the fault-injection trial are tested:
+- a flipped value inside a cached HDF5 array, and caches from before checksums: `nbs/05_datasets.ipynb`;
+- seeds whose checkpoints stop at different iterations: `tests/test_multiseed.py`;
+- unchecked filter, smoother and predictor inputs (NaN mean, P = -I, asymmetric or NaN Q, float16, numpy y):
+  `tests/test_ekf.py`;
+- `dataset_from_arrays` values beyond float32, zero or NaN spread, N = 0, window 2.5, dt = inf:
+  `nbs/05e_custom.ipynb`;
+- config types and ranges (lr "abc", batch_size "4", epochs 0.5, beta -1, kl_anneal -5, seed "0"):
+  `tests/test_training.py`.
+"""
 import csv
 import json
 import os
