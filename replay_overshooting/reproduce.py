@@ -4,7 +4,7 @@
 
 # %% auto 0
 __all__ = ['STUDIES', 'RUN_COLUMNS', 'Variant', 'Study', 'run_config', 'read_runs', 'run_one', 'collect_runs', 'study_table',
-           'plot_study_curves', 'write_study', 'run_study', 'main']
+           'plot_study_curves', 'study_record', 'write_study', 'run_study', 'main']
 
 # %% ../nbs/12_reproduce.ipynb
 import argparse
@@ -24,6 +24,7 @@ import numpy as np
 from .data import load_dataset
 from .evaluation import PUBLISHED, UNSTABLE_MARK, evaluate, hold_last_mae, rows_to_csv
 from .plots import read_metrics, smooth_curve
+from .cli import read_parameter
 from .storage import atomic_write_text
 from .training import EXPERIMENTS, ExperimentConfig, TrainingDivergedError, get_experiment, train
 
@@ -136,12 +137,15 @@ STUDIES = {study.name: study for study in (
 
 # %% ../nbs/12_reproduce.ipynb
 def run_config(study: Study, variant: Variant, seed: int, *, max_iterations: int | None = None,
-               data_dir: str | None = None) -> ExperimentConfig:
-    "The config of one run of a study: the variant's experiment on the study's data, with this seed and budget."
+               data_dir: str | None = None, dataset_options: dict | None = None) -> ExperimentConfig:
+    """The config of one run of a study: the variant's experiment on the study's data, with this seed and budget
+    (and `dataset_options` for `load_dataset`, to try a study on small data)."""
     overrides = dict(variant.overrides, dataset=study.dataset, seed=seed, max_iterations=max_iterations,
                      device="cpu", name=variant.key)
     if data_dir is not None:
         overrides["data_dir"] = data_dir
+    if dataset_options:
+        overrides["dataset_options"] = dict(dataset_options)
     return get_experiment(variant.experiment, **overrides)
 
 
@@ -159,14 +163,16 @@ def read_runs(path: str | Path) -> list:
 
 
 def run_one(study: Study, variant: Variant, seed: int, *, out_dir: str | Path = "results",
-            max_iterations: int | None = None, data_dir: str | None = None, progress: bool = False) -> list:
+            max_iterations: int | None = None, data_dir: str | None = None, dataset_options: dict | None = None,
+            progress: bool = False) -> list:
     """Train (or resume) and evaluate one run of a study, write `runs/<variant>_seed<seed>.csv` and return its
     rows; a run whose CSV exists is read back, not rerun."""
     root = Path(out_dir) / study.name
     result_path = root / "runs" / f"{variant.key}_seed{seed}.csv"
     if result_path.exists():
         return read_runs(result_path)
-    config = run_config(study, variant, seed, max_iterations=max_iterations, data_dir=data_dir)
+    config = run_config(study, variant, seed, max_iterations=max_iterations, data_dir=data_dir,
+                        dataset_options=dataset_options)
     run_dir = root / "work" / variant.key / f"seed{seed}"
     config_path = root / "configs" / f"{variant.key}.json"
     if seed == 0 or not config_path.exists():
@@ -220,7 +226,8 @@ def collect_runs(study: Study, out_dir: str | Path = "results") -> list:
 def study_table(study: Study, *, out_dir: str | Path = "results", data_dir: str | None = None) -> str:
     "Markdown: mean ± std over seeds of every variant at every (F, P), the paper's numbers and the baseline."
     rows = collect_runs(study, out_dir)
-    test_set = load_dataset(study.dataset, "test", data_dir)
+    record = study_record(study, out_dir)
+    test_set = load_dataset(study.dataset, "test", data_dir, **record["dataset_options"])
     lines = [f"# {study.name}: the paper's comparison on `{study.dataset}`", ""]
     marked = []
     for F in study.filter_points:
@@ -243,9 +250,10 @@ def study_table(study: Study, *, out_dir: str | Path = "results", data_dir: str 
     train_hours = sum(r["train_seconds"] for r in per_run.values()) / 3600
     eval_hours = sum(r["eval_seconds"] for r in per_run.values()) / 3600
     runs = len(per_run)
-    budget_path = Path(out_dir) / study.name / "study.json"
-    budget = json.loads(budget_path.read_text()).get("max_iterations") if budget_path.exists() else None
+    budget = record["max_iterations"]
     budget_text = "the paper's schedule" if budget is None else f"at most {budget} iterations per run"
+    if record["dataset_options"]:
+        budget_text += f", on data changed by {record['dataset_options']} (not the paper's sizes)"
     lines += [f"{runs} runs, {budget_text}; {train_hours:.2f} CPU hours of training and {eval_hours:.2f} of "
               f"evaluation (one thread each).", ""]
     lines += [f"- {note}" for note in study.notes]
@@ -276,16 +284,25 @@ def plot_study_curves(study: Study, *, out_dir: str | Path = "results", smoothin
     return fig
 
 # %% ../nbs/12_reproduce.ipynb
-def _check_budget(root: Path, study: Study, max_iterations: int | None) -> None:
-    "Record the study's budget in `study.json`, refusing a folder made with another budget."
-    path = root / "study.json"
-    record = {"study": study.name, "dataset": study.dataset, "max_iterations": max_iterations}
-    if path.exists():
-        held = json.loads(path.read_text())
-        if held.get("max_iterations") != max_iterations:
-            raise ValueError(f"{root} holds runs with max_iterations={held.get('max_iterations')}, not "
-                             f"{max_iterations}; pass the same budget to continue it, or another out_dir")
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+def study_record(study: Study, out_dir: str | Path = "results") -> dict:
+    """The settings a study folder was made with (`study.json`): `max_iterations` and `dataset_options`
+    (None and {} where the folder has none)."""
+    path = Path(out_dir) / study.name / "study.json"
+    held = json.loads(path.read_text()) if path.exists() else {}
+    return {"max_iterations": held.get("max_iterations"), "dataset_options": held.get("dataset_options") or {}}
+
+
+def _check_budget(root: Path, study: Study, max_iterations: int | None, dataset_options: dict) -> None:
+    "Record the study's budget and data options in `study.json`, refusing a folder made with others."
+    if (root / "study.json").exists():
+        held = study_record(study, root.parent)
+        for name, value in (("max_iterations", max_iterations), ("dataset_options", dataset_options)):
+            if held[name] != value:
+                raise ValueError(f"{root} holds runs with {name}={held[name]}, not {value}; pass the same "
+                                 "settings to continue it, or another out_dir")
+    record = {"study": study.name, "dataset": study.dataset, "max_iterations": max_iterations,
+              "dataset_options": dataset_options}
+    atomic_write_text(root / "study.json", json.dumps(record, indent=2) + "\n")
 
 
 def write_study(study: Study, *, out_dir: str | Path = "results", data_dir: str | None = None) -> Path:
@@ -307,6 +324,7 @@ def run_study(
     max_iterations: int | None = None,  # None: the paper's schedule; else a cap on every run's iterations
     out_dir: str | Path = "results",
     data_dir: str | None = None,
+    dataset_options: dict | None = None,  # passed to `load_dataset` (e.g. fewer sequences, for a quick trial)
     progress: bool = False,
 ) -> Path:  # the table's path
     "Train and evaluate every variant of a study for every seed (seed by seed), rewriting its table after each run."
@@ -316,17 +334,18 @@ def run_study(
     chosen = [study.variant(key) for key in variants] if variants is not None else list(study.variants)
     seeds = [int(seed) for seed in seeds]
     root = Path(out_dir) / study.name
-    _check_budget(root, study, max_iterations)
+    dataset_options = dict(dataset_options or {})
+    _check_budget(root, study, max_iterations, dataset_options)
     for seed in seeds:
         for variant in chosen:
             run_one(study, variant, seed, out_dir=out_dir, max_iterations=max_iterations, data_dir=data_dir,
-                    progress=progress)
+                    dataset_options=dataset_options, progress=progress)
             write_study(study, out_dir=out_dir, data_dir=data_dir)
     return write_study(study, out_dir=out_dir, data_dir=data_dir)
 
 # %% ../nbs/12_reproduce.ipynb
 def main(argv: list | None = None) -> int:
-    "`python -m replay_overshooting.reproduce STUDY [--seeds …] [--max-iterations N] [--variants …]`."
+    "`python -m replay_overshooting.reproduce STUDY [--seeds …] [--max-iterations N] [--variants …] [--dataset-options YAML]`."
     parser = argparse.ArgumentParser(prog="python -m replay_overshooting.reproduce",
                                      description="Rerun one of the paper's comparisons into results/<study>/.")
     parser.add_argument("study", choices=sorted(STUDIES))
@@ -335,11 +354,15 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--max-iterations", type=int, default=None, help="cap per run (default: the paper's epochs)")
     parser.add_argument("--out-dir", default="results")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--dataset-options", default=None, metavar="YAML",
+                        help="load_dataset options for a quick trial on small data, e.g. '{num_sequences: 8}'")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     try:
+        dataset_options = read_parameter("--dataset-options", args.dataset_options, "dict", optional=True)
         path = run_study(args.study, seeds=args.seeds, variants=args.variants, max_iterations=args.max_iterations,
-                         out_dir=args.out_dir, data_dir=args.data_dir, progress=args.progress)
+                         out_dir=args.out_dir, data_dir=args.data_dir, dataset_options=dataset_options,
+                         progress=args.progress)
     except ValueError as error:
         parser.error(str(error))
     print(path.read_text())

@@ -29,8 +29,24 @@ def test_every_notebook_names_its_kernel(path):
     assert kernelspec.get("name") == "python3", f"{path.name} has no python3 kernelspec: papermill cannot run it"
 
 
-@pytest.mark.parametrize("name", ["00_gaussian.ipynb", "01_ekf.ipynb"])
-def test_tutorial_runs_under_plain_papermill(name, tmp_path):
+def _runs_as_a_whole(path: Path) -> bool:
+    """Whether a notebook is meant to run top to bottom as it stands: not a papermill experiment notebook (those
+    run with parameters above) and without `#| eval: false` cells (a command-line entry point or a benchmark,
+    which nbdev_test skips and papermill would run)."""
+    text = path.read_text()
+    return "skip_exec" not in text and "eval: false" not in text
+
+
+PLAIN_NOTEBOOKS = [path.name for path in sorted(NBS.glob("*.ipynb")) if _runs_as_a_whole(path)]
+
+
+def test_the_plain_papermill_set_is_most_notebooks():
+    assert {"00_gaussian.ipynb", "01_ekf.ipynb", "index.ipynb"} <= set(PLAIN_NOTEBOOKS)
+    assert len(PLAIN_NOTEBOOKS) >= len(list(NBS.glob("*.ipynb"))) - 6, PLAIN_NOTEBOOKS
+
+
+@pytest.mark.parametrize("name", PLAIN_NOTEBOOKS)
+def test_notebook_runs_under_plain_papermill(name, tmp_path):
     papermill.execute_notebook(str(NBS / name), str(tmp_path / name), cwd=str(NBS), progress_bar=False)
     cells = json.loads((tmp_path / name).read_text())["cells"]
     assert all(cell.get("execution_count") for cell in cells if cell["cell_type"] == "code" and "".join(cell["source"]).strip())
@@ -102,8 +118,10 @@ def test_missing_push_data_says_how_to_use_push_sim(tmp_path):
 
 def test_reproduce_notebook_writes_a_study(tmp_path):
     printed = run("reproduce.ipynb", tmp_path / "reproduce_out.ipynb", study="vdp", seeds="[0]", variants='["example"]',
-                  max_iterations=2, out_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "data"))
+                  max_iterations=2, out_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "data"),
+                  dataset_options="{num_sequences: 6, seq_len: 60, cache: false}")
     study = tmp_path / "results" / "vdp"
     assert (study / "runs" / "example_seed0.csv").is_file() and (study / "configs" / "example.json").is_file()
     assert "| VRO-EKF (`example`) | 1 |" in printed and "hold-last baseline" in printed
     assert "study vdp: seeds [0], variants ['example'], max_iterations 2" in printed
+    assert "not the paper's sizes" in printed
