@@ -353,7 +353,9 @@ def interactive_forecast(
     default_points = 5 if dataset.is_image else 25
     filter_points = min(default_points, num_steps - 1) if filter_points is None else filter_points
     if static or (static is None and not _widget_frontend()):
-        return plot(model, dataset, index, filter_points=filter_points, **options)
+        fig = plot(model, dataset, index, filter_points=filter_points, **options)
+        plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
+        return fig
     import ipywidgets
     from IPython.display import display
 
