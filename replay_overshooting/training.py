@@ -352,6 +352,7 @@ def get_experiment(name: str, /, **overrides) -> ExperimentConfig:
 
 # %% ../nbs/08_training.ipynb
 class TrainResult(NamedTuple):
+    "What `train` returns: the trained model, the metrics of the iterations it ran, and the run directory."
     model: nn.Module  # the trained model
     history: list  # one dict of metrics per iteration run in this call
     run_dir: Path  # where config, metrics and checkpoints are
