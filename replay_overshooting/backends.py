@@ -61,7 +61,7 @@ def check_backend(
         raise ValueError(f"backend must be one of {BACKENDS} (or None for the default), got {backend!r}")
     return backend
 
-
+# %% ../nbs/00b_backends.ipynb
 def _native_obstacle(like: torch.Tensor) -> str | None:
     "Why the C++ loops cannot run on tensors like `like`; None where they can."
     if like.device.type != "cpu":

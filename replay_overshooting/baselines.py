@@ -91,7 +91,7 @@ def apply_flat(module: nn.Module, x: torch.Tensor, *, event_dims: int = 1) -> to
     out = module(x.reshape(-1, *x.shape[x.dim() - event_dims:]))
     return out.reshape(*batch_shape, *out.shape[1:])
 
-
+# %% ../nbs/07_baselines.ipynb
 class VectorObservations(nn.Module):
     "MLP encoder `y -> e` and Gaussian decoder `features -> N(m(features), diag σ²)` with learned `σ`."
 
@@ -266,7 +266,7 @@ def observation_model(
         return VectorObservations(obs_dim=obs_dim, feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim)
     return ImageObservations(image_size=image_size, feature_dim=feature_dim, embed_dim=embed_dim, channels=channels)
 
-
+# %% ../nbs/07_baselines.ipynb
 class RSSM(nn.Module):
     "PlaNet's recurrent state-space model with optional latent or observation overshooting."
 
@@ -450,7 +450,7 @@ class GSSMStates(NamedTuple):
     posterior_mean: torch.Tensor  # `(B, T, n)`: mean of q(z_t | z_{t-1}, u_{t-1}, b_t)
     posterior_std: torch.Tensor  # `(B, T, n)`
 
-
+# %% ../nbs/07_baselines.ipynb
 class GSSM(nn.Module):
     "Gaussian state-space model with a backward-GRU structured inference network (deep Markov model)."
 
@@ -550,7 +550,7 @@ def gssm_loss(
     kl = diag_gaussian_kl(states.posterior_mean, states.posterior_std, states.prior_mean, states.prior_std).mean()
     return reconstruction + kl, {"reconstruction_nll": reconstruction.detach(), "kl": kl.detach()}
 
-
+# %% ../nbs/07_baselines.ipynb
 def gssm_forecast(
     model: GSSM,
     y: torch.Tensor,  # `(B, F, p)` or `(B, F, H, W)`

@@ -60,7 +60,7 @@ _PARAMETER_KINDS = {"int": "an integer", "float": "a number", "bool": "True or F
                     "ints": "a list of integers such as [5, 25]", "strs": "a list of strings such as [\"a\", \"b\"]",
                     "dict": "a mapping such as {seq_len: 20}"}
 
-
+# %% ../nbs/11_cli.ipynb
 def _yaml_value(text: str):
     "A YAML scalar or collection; numbers in exponent form such as `1e-3` (strings in YAML 1.1) become floats."
     value = yaml.safe_load(text)

@@ -35,7 +35,7 @@ def field_and_jacobian(
 _ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 _FIXED_STEP_METHODS = ("rk4", "midpoint", "euler")
 
-
+# %% ../nbs/02_continuous.ipynb
 class ContinuousDynamics(nn.Module):
     "Continuous-time latent dynamics `dz/dt = f(z, u)`, integrated over steps of length `dt` with `u` held constant."
 
@@ -154,7 +154,7 @@ class ContinuousDynamics(nn.Module):
         next_mean, next_cov, Phi = self._integrate(rhs, (mean, cov.expand(B, -1, -1), _identity_like(mean)))
         return next_mean, symmetrize(next_cov), Phi
 
-
+# %% ../nbs/02_continuous.ipynb
 def _identity_like(z):
     "Identity matrices `(B, n, n)` matching the states `z (B, n)`."
     B, n = z.shape

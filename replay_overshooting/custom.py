@@ -33,7 +33,7 @@ def _whitening(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     std = flat.std(0, correction=0)
     return flat.mean(0), torch.where(std > 0, std, torch.ones_like(std))
 
-
+# %% ../nbs/05e_custom.ipynb
 def dataset_from_arrays(
     y,  # observations `(N, T, p)`: N sequences of T steps
     u=None,  # controls `(N, T, m)`; `u[:, k]` drives step k → k+1. None: no controls

@@ -179,7 +179,7 @@ def save_cache(
         for name, array in arrays.items():
             file.create_dataset(name, data=array.numpy(), fletcher32=True)
 
-
+# %% ../nbs/05_datasets.ipynb
 def load_cache(
     path: str | os.PathLike,  # cache file
     key: str,  # expected cache key
@@ -307,7 +307,7 @@ def _noisy(values: torch.Tensor, variance: float, stream: torch.Generator) -> to
         raise ValueError(f"obs_noise_var must be non-negative, got {variance!r}")
     return values + math.sqrt(variance) * torch.randn(values.shape, generator=stream, dtype=values.dtype)
 
-
+# %% ../nbs/05_datasets.ipynb
 def _load_pendulum(
     *,
     split: str,
@@ -335,7 +335,7 @@ def _load_pendulum(
         process_noise=process_noise, torque_ranges=torque_ranges, torque_segments=torque_segments, seed=seed)
     return _pendulum_dataset("pendulum", split, arrays, dt, seq_len, seed, _identity_normalization(2, 1))
 
-
+# %% ../nbs/05_datasets.ipynb
 def _load_pendulum_xy(
     *,
     split: str,
@@ -365,7 +365,7 @@ def _load_pendulum_xy(
         process_noise=process_noise, torque_ranges=torque_ranges, torque_segments=torque_segments, seed=seed)
     return _pendulum_dataset("pendulum_xy", split, arrays, dt, seq_len, seed, _identity_normalization(obs_dim, 1))
 
-
+# %% ../nbs/05_datasets.ipynb
 def _load_pendulum_images(
     *,
     split: str,

@@ -88,7 +88,7 @@ def _check_matrix(M, size, batch, name, dtype, values):
         if bool((torch.linalg.cholesky_ex(M).info > 0).any()):
             raise NotPositiveDefiniteError(f"{name} is not positive definite; parameterise it as L Lᵀ + εI")
 
-
+# %% ../nbs/01_ekf.ipynb
 def _check_sequence_inputs(y, u, mask, initial_mean, initial_cov, dynamics_cov, obs_cov, values=True):
     _check_tensor(y, "y", "(B, T, p)")
     if y.ndim != 3:
@@ -162,7 +162,7 @@ def _kalman_update(mean, cov, y_pred, C, R, y, robust):
     new_cov = symmetrize(torch.baddbmm(torch.bmm(torch.bmm(M, cov), M.mT), Kt.mT, torch.bmm(R, Kt)))
     return (new_mean, new_cov, S, info), (Kt, s, gain_step, M)
 
-
+# %% ../nbs/01_ekf.ipynb
 def _kalman_update_backward(cov, C, new_cov, intermediates, grad_mean, grad_cov, grad_S=None):
     """`∂ℓ/∂(μ, Σ, ŷ, C, R, y)` of `_kalman_update` from the gradients of `(μ', Σ', S)` (`grad_S` None: zero).
 
@@ -206,7 +206,7 @@ class _KalmanUpdate(torch.autograd.Function):
         grad_mean, grad_cov, grad_y_pred, grad_C, grad_R, grad_y = grads
         return grad_mean, symmetrize(grad_cov), grad_y_pred, grad_C, symmetrize(grad_R), grad_y, None
 
-
+# %% ../nbs/01_ekf.ipynb
 def _update_step(mean, cov, y_pred, C, R, y, observed, robust, path):
     "Measurement update, keeping the prediction where `observed` is False. Returns `(μ', Σ', S, info)`."
     new_mean, new_cov, S, info = fused_or_plain(path, _KalmanUpdate, _kalman_update, mean, cov, y_pred, C, R, y, robust)
@@ -280,7 +280,7 @@ def _filter_steps(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, regula
             fields["A"].append(A)
     return {k: torch.stack(v, 1) if v else y.new_zeros(B, 0, n, n) for k, v in fields.items()}
 
-
+# %% ../nbs/01_ekf.ipynb
 def _time_update(dynamics, mean, cov, u, Q, regularizer, path):
     "`propagate_belief` of `Σ + εI`, its covariance plus `εI` (the plain time update when ε = 0)."
     mean, cov, A = propagate_belief(dynamics, mean, _regularised(cov, regularizer), u, Q, backend=path)
@@ -294,7 +294,7 @@ def _filter_recursion(dynamics, observe, *args, robust, regularizer, path):
     fields = dynamics.filter_recursion(observe, *args, robust, backend=path) if use_fused else None
     return fields if fields is not None else _filter_steps(dynamics, observe, *args, robust, regularizer, path)
 
-
+# %% ../nbs/01_ekf.ipynb
 def ekf_filter(
     dynamics: Callable,  # `dynamics(z (B,n), u (B,m) | None) -> (B,n)`: the mean of z_{t+1}
     observe: Callable,  # `observe(z (B,n)) -> (B,p)`: the mean of y_t
@@ -382,7 +382,7 @@ class _RTSRecursion(torch.autograd.Function):
         return (stacked["fm"].squeeze(-1), stacked["fc"], -stacked["gap_mean"].squeeze(-1), -stacked["gap_cov"],
                 stacked["G"])
 
-
+# %% ../nbs/01_ekf.ipynb
 class _NativeRTSRecursion(torch.autograd.Function):
     "`_RTSRecursion` with both loops in C++ (`03a_native_loops`), which CPU tensors take where it is built."
 
@@ -398,7 +398,7 @@ class _NativeRTSRecursion(torch.autograd.Function):
     def backward(ctx, grad_means, grad_covs):
         return tuple(native_extension().rts_backward(ctx.tape, grad_means, grad_covs))
 
-
+# %% ../nbs/01_ekf.ipynb
 def rts_smoother(
     dynamics: Callable,  # the dynamics given to `ekf_filter`
     filtered: FilterResult,  # output of `ekf_filter`
@@ -448,7 +448,7 @@ def _rollout_steps(dynamics, mean, cov, u, Q, steps, regularizer, path):
     jacobians = torch.stack(jacobians, 1) if jacobians else mean.new_zeros(B, 0, n, n)
     return torch.stack(means, 1), torch.stack(covs, 1), jacobians
 
-
+# %% ../nbs/01_ekf.ipynb
 def ekf_predict(
     dynamics: Callable,  # `dynamics(z (B,n), u (B,m) | None) -> (B,n)`
     observe: Callable,  # `observe(z (B,n)) -> (B,p)`
@@ -490,7 +490,7 @@ def ekf_predict(
     obs_means, obs_covs = observation_moments(observe, means, covs, obs_cov=obs_cov, backend=path)
     return PredictResult(means, covs, obs_means, obs_covs, jacobians)
 
-
+# %% ../nbs/01_ekf.ipynb
 def observation_moments(
     observe: Callable,  # `observe(z (B,n)) -> (B,p)`
     means: torch.Tensor,  # latent means `(B, T, n)`

@@ -99,7 +99,7 @@ def _batch_inputs(dataset: SequenceDataset, rows: slice, steps: int, device, dty
     u = dataset.u[rows, :steps].to(device=device, dtype=dtype) if dataset.ctrl_dim else None
     return y, u
 
-
+# %% ../nbs/09_evaluation.ipynb
 def evaluate_split(
     model: nn.Module,  # `forecast(y, u, *, predict_steps, num_samples, generator) -> Forecast`; images: `score_frames` too
     dataset: SequenceDataset,  # test sequences `y (N, T, p)` or frames `(N, T, H, W)`, controls `u (N, T, m)`
@@ -141,7 +141,7 @@ def evaluate_split(
     count = len(dataset) * predict_steps
     return {"nll": (nll_sum / count).item(), "mae": (abs_sum / count).item(), "unstable_sequences": unstable}
 
-
+# %% ../nbs/09_evaluation.ipynb
 def _scored(model, y, u, filter_points, predict_steps, num_samples, generator, is_image):
     """NLL and MAE `(B, P)` of one batch's forecasts, and which sequences `(B,)` are unstable: their predictive
     covariance is not finite and positive definite at some step. Where one cannot be factorised even with jitter,
@@ -316,7 +316,7 @@ def _unstable_counts(rows: list[dict]) -> list[str]:
 def _row_key(row: dict) -> tuple:
     return row["name"], row["dataset"], row["filter_points"], row["predict_steps"]
 
-
+# %% ../nbs/09_evaluation.ipynb
 def write_evaluation(
     rows: list[dict],  # evaluation rows
     out_dir: str | os.PathLike,
@@ -439,7 +439,7 @@ def comparison_table(rows: list[dict], *, published: bool = True) -> str:
         lines.append(line)
     return "\n".join(lines) + "\n"
 
-
+# %% ../nbs/09_evaluation.ipynb
 def compare(
     sources,  # run directories and/or evaluation.csv paths (one path alone is accepted too)
     *,

@@ -125,7 +125,7 @@ class _SPDSolve(torch.autograd.Function):
         grad_A = symmetrize(grad_B @ X.mT).neg_() if ctx.needs_input_grad[0] else None
         return grad_A, grad_B, None, None
 
-
+# %% ../nbs/00_gaussian.ipynb
 def _solve(
     A: torch.Tensor,  # symmetric positive-definite `(..., n, n)`
     B: torch.Tensor,  # right-hand sides `(..., n, k)`

@@ -70,7 +70,7 @@ def sample_image(
     levels = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
     return levels.to(logits.dtype) / (NUM_GREY_LEVELS - 1)
 
-
+# %% ../nbs/06_image_models.ipynb
 def expected_image(
     logits: torch.Tensor,  # per-pixel logits `(..., H, W, 256)`
 ) -> torch.Tensor:  # mean intensity per pixel `(..., H, W)` in [0, 1]
@@ -172,7 +172,7 @@ def pixel_mixture(
         mixed[rows] = (observed - top.squeeze(-1) - total.log()).logsumexp(1)
     return mixed - math.log(S), means.T
 
-
+# %% ../nbs/06_image_models.ipynb
 def frame_mixture(
     decode,  # `decode(rows)`: per-pixel features `(S, k, H, W, C)` of the S samples of frames `rows` (a slice of N)
     num_samples: int,  # S
@@ -215,7 +215,7 @@ def _check_condition(condition, batch, cond_dim, dtype):
     if condition.dtype != dtype:
         raise ValueError(f"condition has dtype {condition.dtype} but the model has {dtype}; convert with .to({dtype})")
 
-
+# %% ../nbs/06_image_models.ipynb
 class ImageEncoder(nn.Module):
     "Conv net from grey frames `(N,H,W)` in [0,1] to a diagonal Gaussian over `a`: mean `(N,p)`, variance `(N,p)`."
 
@@ -254,7 +254,7 @@ class ImageEncoder(nn.Module):
         mean, raw = self.head(self.convs(x).flatten(1)).chunk(2, -1)
         return mean, F.softplus(raw) + self.min_variance
 
-
+# %% ../nbs/06_image_models.ipynb
 class ImageDecoder(nn.Module):
     "Deconv net from latent observations `a (N,p)` to per-pixel logits `(N,H,W,256)` over grey levels."
 
@@ -331,7 +331,7 @@ def _mean_over(values, mask):
         return values.mean()
     return (values * mask).sum() / mask.sum().clamp_min(1)
 
-
+# %% ../nbs/06_image_models.ipynb
 class ImageEKFModel(nn.Module):
     "KVAE-style image model: encoder `x_t -> q(a_t|x_t)`, an `EKFModel` over `a_{0:T-1}`, decoder `a_t -> p(x_t|a_t)`."
 

@@ -69,7 +69,7 @@ def _layers(params, activation, beta, wrt):
         chain = [M.t() for M in chain_t]
     return _Layers(weights, [W.t() for W in weights], biases, first, chain, chain_t, reverse, activation, fold)
 
-
+# %% ../nbs/03_models.ipynb
 def _unit(a, activation):
     "A unit's value `σ(a)` and slope `σ'(a)`, for folded weights (softplus with β = 1)."
     if activation == "softplus":
@@ -106,7 +106,7 @@ def _mlp_forward(x, layers):
     J = (Y.transpose(0, 1) if layers.reverse else Y.permute(1, 2, 0)).contiguous()  # batched products want it dense
     return out, J, (hs, slopes, chain_slopes, befores, afters)
 
-
+# %% ../nbs/03_models.ipynb
 def _mlp_backward_to_input(saved, layers, grad_out, grad_J):
     """`∂ℓ/∂x`, and the factors whose products give the weight gradients (`_mlp_weight_grads`).
 
@@ -138,7 +138,7 @@ def _stacked(rows, dim=0):
     "Blocks `[(N_i, ...)]` joined into `(ΣN_i, ...)` along `dim`."
     return rows[0] if len(rows) == 1 else torch.cat(rows, dim)
 
-
+# %% ../nbs/03_models.ipynb
 def _mlp_weight_grads(factors, layers):
     """`[∂ℓ/∂W]`, `[∂ℓ/∂b]` summed over the steps whose `_mlp_backward_to_input` factors are in the list `factors`.
 
@@ -165,7 +165,7 @@ def _mlp_weight_grads(factors, layers):
         grad_b[:-1] = [g * layers.fold for g in grad_b[:-1]]
     return grad_W, grad_b
 
-
+# %% ../nbs/03_models.ipynb
 class _WeightGradients:
     """An MLP's weight gradients summed over the steps of a recursion: one `_mlp_weight_grads` per block of
     steps with up to `block_rows` chain rows, so that large batches do not copy all steps' rows at once."""
@@ -205,7 +205,7 @@ def _param_grads(grad_W, grad_b):
     "`[W_1, b_1, ..., W_L, b_L]` order, as `MLP.parameter_list`."
     return [g for pair in zip(grad_W, grad_b) for g in pair]
 
-
+# %% ../nbs/03_models.ipynb
 class _MLPValueAndJacobian(torch.autograd.Function):
     "`_mlp_forward` as one autograd node with a hand-written backward; returns `(out, J)`."
 
@@ -246,7 +246,7 @@ class _NativeMLPValueAndJacobian(torch.autograd.Function):
 
 MLP_INITS = ("kaiming_fan_out", "pytorch")
 
-
+# %% ../nbs/03_models.ipynb
 class MLP(nn.Module):
     "Multi-layer perceptron `(B, in_dim) -> (B, out_dim)` with a fused value-and-Jacobian pass."
 
@@ -378,7 +378,7 @@ def _residual_time_update_backward(layers, intermediates, cov, A, grad_mean, gra
     grad_u = grad_x[:, n:] if has_controls else None
     return grad_x[:, :n] + grad_mean, torch.bmm(A.mT, GA), grad_u, G, factors
 
-
+# %% ../nbs/03_models.ipynb
 class _ResidualTimeUpdate(torch.autograd.Function):
     "`F(μ,u) = μ + f([μ,u])`, `A Σ Aᵀ + Q`, `A = I + ∂f/∂z` as one autograd node; returns `(F, AΣAᵀ+Q, A)`."
 
@@ -419,7 +419,7 @@ class _NativeTimeUpdate(torch.autograd.Function):
                                                     *_grads_or_zeros((grad_mean, grad_cov, grad_A), outputs))
         return (g["mean"], g["cov"], g["u"], g["dynamics_cov"], None, None, *g["weights"])
 
-
+# %% ../nbs/03_models.ipynb
 class ResidualDynamics(nn.Module):
     "Discrete-time residual dynamics `F(z, u) = z + f([z, u])`, `(B,n), (B,m) -> (B,n)`."
 
@@ -499,7 +499,7 @@ class ResidualDynamics(nn.Module):
         return fused_or_plain(path, node, _rollout_loop, self, mean, cov, self._used_controls(u), Q, steps,
                               *self.f.parameter_list())
 
-
+# %% ../nbs/03_models.ipynb
 class LinearEnsembleDynamics(nn.Module):
     "LE-EKF dynamics `F(z,u) = A(z) z + B(z) u`, with `A`, `B` convex mixtures of `ensemble_size` learned matrices."
 
@@ -578,7 +578,7 @@ class _Rollout(torch.autograd.Function):
         grad_u = _control_grads(torch.stack(grad_u[::-1], 1) if ctx.has_controls and grad_u else None, ctx)
         return (None, carry_mean, carry_cov, grad_u, grad_Q, None, *weight_grads.result())
 
-
+# %% ../nbs/03_models.ipynb
 def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params):
     """`(fields, (saved, dynamics layers, observation layers))`: the EKF recursion of `01_ekf` for residual-MLP
     dynamics and an MLP observation model, its per-step quantities stacked over time in the order of `FILTER_FIELDS`."""
@@ -604,7 +604,7 @@ def _filter_loop(dynamics, observe, y, u, mask, mean, cov, Q, R, robust, *params
     stacked = [torch.stack(v, 1) if v else y.new_zeros(mean.shape[0], 0, n, n) for v in fields]
     return stacked, (saved, dynamics_layers, observation_layers)
 
-
+# %% ../nbs/03_models.ipynb
 class _Filter(torch.autograd.Function):
     """`_filter_loop` as one autograd node. Its backward runs the steps' adjoints (`_kalman_update_backward`,
     `_residual_time_update_backward`, the observation MLP's) back in time, and sums the weight gradients
@@ -668,7 +668,7 @@ class _Filter(torch.autograd.Function):
         return (None, None, grad_y, grad_u, None, carry_mean, symmetrize(carry_cov), grad_Q, grad_R, None,
                 *dynamics_grads.result(), *observation_grads.result())
 
-
+# %% ../nbs/03_models.ipynb
 def _control_grads(grads, ctx):
     """`∂ℓ/∂u` `(B, T_u, m)` from the gradients `(B, S, m)` of the controls the steps used (zero for the ones they
     did not); None where there are none or the node's `u` (its input 3) needs none."""
@@ -731,7 +731,7 @@ class _NativeRollout(torch.autograd.Function):
 # %% ../nbs/03_models.ipynb
 _DYNAMICS = ("discrete", "continuous", "ensemble")
 
-
+# %% ../nbs/03_models.ipynb
 class EKFModel(nn.Module):
     "Latent state-space model `z' = F(z,u) + w`, `y = g(z) + v` with EKF inference."
 

@@ -63,7 +63,7 @@ def _build_failure(error: Exception) -> str:
         return "the compiler reported " + "; ".join(errors[:3])
     return text.strip().splitlines()[-1] if text.strip() else type(error).__name__
 
-
+# %% ../nbs/03a_native_loops.ipynb
 @contextlib.contextmanager
 def _ninja_on_path():
     "PATH with the `ninja` package's binary on it while the build runs, where none is there (an unactivated venv)."

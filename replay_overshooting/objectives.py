@@ -57,7 +57,7 @@ def _obs_log_lik(model, means, covs, y, mask, checked):
 def _replay(model, smoothed, u, steps, checked):
     return model.predict(smoothed.smoothed_means[:, 0], smoothed.smoothed_covs[:, 0], steps, u, checked=checked)
 
-
+# %% ../nbs/04_objectives.ipynb
 def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, latent_replay, checked):
     filtered, smoothed = model.smooth(y, u, mask, checked=checked)
     T = y.shape[1]
@@ -126,7 +126,7 @@ def s_ekf(model, y, u=None, mask=None, *, iteration: int = 0, alpha: float = 1.0
 
 OBJECTIVES: dict[str, Callable] = {"vro": vro, "sro": sro, "lro": lro, "none": no_overshooting, "s_ekf": s_ekf}
 
-
+# %% ../nbs/04_objectives.ipynb
 def get_objective(name: str) -> Callable:
     "The objective function registered under `name` (one of `OBJECTIVES`)."
     if name not in OBJECTIVES:

@@ -106,7 +106,7 @@ def _panels(fig, count):
     axes[-1].set_xlabel("time (s)")
     return axes
 
-
+# %% ../nbs/10_plots.ipynb
 def plot_forecast(
     model: nn.Module,  # `EKFModel`, `RSSM` or `GSSM` on vector observations
     dataset: SequenceDataset,  # vector observations `(N, T, p)`
@@ -208,7 +208,7 @@ def principal_components(
     _, _, Vh = torch.linalg.svd(centred, full_matrices=False)
     return centred @ Vh[:num_components].mT
 
-
+# %% ../nbs/10_plots.ipynb
 def plot_latent_space(
     model: nn.Module,  # `EKFModel` or `ImageEKFModel`
     dataset: SequenceDataset,
@@ -288,7 +288,7 @@ def _fit_limits(ax, curves: list) -> None:
     pad = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
     ax.set_ylim(low - pad, high + pad)
 
-
+# %% ../nbs/10_plots.ipynb
 def plot_training_curves(
     run_dirs: str | os.PathLike | list,  # one run directory or a list of them
     *,

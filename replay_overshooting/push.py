@@ -107,7 +107,7 @@ def read_kloss_trajectory(
     rows = np.minimum(np.arange(seq_len + 1), steps - 1)
     return pos[rows][:, [0, 2]], tip[rows][:, [0, 2]], contact[rows], material
 
-
+# %% ../nbs/05c_push.ipynb
 def read_kloss_directory(
     directory: str | os.PathLike,  # holds all of `KLOSS_FILES`
     *,

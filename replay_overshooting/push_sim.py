@@ -100,7 +100,7 @@ def _contact_state(obj, tip, tip_velocity, pressure_ratio, max_force):
     force = disk_push_force(normal, velocity, pressure_ratio=pressure_ratio, max_force=max_force)
     return normal, touching, velocity, force
 
-
+# %% ../nbs/05d_push_sim.ipynb
 def push_rollout(
     object_xz: torch.Tensor,  # `(N, 2)` initial object centres (m)
     pusher_xz: torch.Tensor,  # `(N, 2)` initial tip centres (m), not overlapping the object
@@ -226,7 +226,7 @@ def _embed(planar: torch.Tensor) -> np.ndarray:
     "(…, 2) table-plane (x, z) → (…, 3) (x, 0, z) float32."
     return torch.stack([planar[..., 0], torch.zeros_like(planar[..., 0]), planar[..., 1]], -1).numpy().astype(np.float32)
 
-
+# %% ../nbs/05d_push_sim.ipynb
 def write_push_sim(
     directory: str | os.PathLike,  # created if needed; the seven Kloss files are (over)written there
     *,

@@ -67,7 +67,7 @@ def _ekf(key: str, label: str, experiment: str, paper_row: str | None = None, **
     "A variant of a registered EKF experiment with the paper's initialisation."
     return Variant(key, label, experiment, _paper_init(experiment, **changes), paper_row)
 
-
+# %% ../nbs/12_reproduce.ipynb
 def _table_ii_variants(dt_ekf: str, no_replay: str, ct_ekf: str, le_ekf: str, baselines: str, replay: str) -> tuple:
     """The rows of Table II on one data set: the DT-EKF with SRO, S-EKF and its registered replay objective
     (`replay`, "VRO" or "LRO"), its no-replay twin, CT- and LE-EKF, PlaNet without and with observation
@@ -88,6 +88,8 @@ def _table_ii_variants(dt_ekf: str, no_replay: str, ct_ekf: str, le_ekf: str, ba
 _VDP_MODEL = {"latent_dim": 2, "hidden": 32, "noise": "factor_diagonal", "init": "kaiming_fan_out"}
 _PUSH_NOTE = ("push_sim is simulated planar pushing, not MIT Push: its numbers are not comparable with the paper's; "
               "the rows show whether the ranking holds")
+
+# %% ../nbs/12_reproduce.ipynb
 STUDIES = {study.name: study for study in (
     Study("vdp", "vdp", (
         _ekf("example", "VRO-EKF", "example", "VRO-EKF"),
@@ -161,7 +163,7 @@ def read_runs(path: str | Path) -> list:
                "nll": float, "mae": float, "train_seconds": float, "eval_seconds": float, "unstable_sequences": int}
     return [{key: numbers.get(key, str)(value) for key, value in row.items()} for row in rows]
 
-
+# %% ../nbs/12_reproduce.ipynb
 def run_one(study: Study, variant: Variant, seed: int, *, out_dir: str | Path = "results",
             max_iterations: int | None = None, data_dir: str | None = None, dataset_options: dict | None = None,
             progress: bool = False) -> list:
@@ -222,7 +224,7 @@ def collect_runs(study: Study, out_dir: str | Path = "results") -> list:
     folder = Path(out_dir) / study.name / "runs"
     return [row for path in sorted(folder.glob("*.csv")) for row in read_runs(path)]
 
-
+# %% ../nbs/12_reproduce.ipynb
 def study_table(study: Study, *, out_dir: str | Path = "results", data_dir: str | None = None) -> str:
     "Markdown: mean ± std over seeds of every variant at every (F, P), the paper's numbers and the baseline."
     rows = collect_runs(study, out_dir)
@@ -315,7 +317,7 @@ def write_study(study: Study, *, out_dir: str | Path = "results", data_dir: str 
         plt.close(fig)
     return root / "table.md"
 
-
+# %% ../nbs/12_reproduce.ipynb
 def run_study(
     name: str,  # a key of `STUDIES`: "vdp", "pendulum_images" or "push_sim"
     *,

@@ -90,7 +90,7 @@ def _publish(temporary: Path, path: Path) -> None:
     os.replace(temporary, path)
     _fsync_directory(path.parent)
 
-
+# %% ../nbs/05a_storage.ipynb
 def atomic_write(
     path: str | os.PathLike,  # the file to (re)write; its directory is created if needed
     write,  # `write(handle)`: writes the content to a binary file handle
@@ -206,7 +206,7 @@ def _shape_matches(shape: tuple, expected: tuple) -> bool:
 def _describe_shape(expected: tuple) -> str:
     return "(" + ", ".join("any" if e is None else str(e) for e in expected) + ")"
 
-
+# %% ../nbs/05a_storage.ipynb
 def read_array(
     group: h5py.Group,  # HDF5 group (or file) holding the dataset
     key: str,  # dataset name inside `group`
@@ -236,7 +236,7 @@ def read_array(
             f"{int((~np.isfinite(value)).sum())} values in all)")
     return value
 
-
+# %% ../nbs/05a_storage.ipynb
 def read_string(
     group: h5py.Group,  # HDF5 group holding the string as a dataset or an attribute
     key: str,  # dataset or attribute name

@@ -171,7 +171,7 @@ class ExperimentConfig:
             return cls.from_dict(yaml.safe_load(text))
         return cls.from_dict(json.loads(text))
 
-
+# %% ../nbs/08_training.ipynb
 def _tensorboard_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -197,7 +197,6 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use device='cpu' or 'auto'")
     return resolved
-
 
 # %% ../nbs/08_training.ipynb
 def _never(config) -> bool:
@@ -251,7 +250,7 @@ def _ekf_vectorisable(config) -> bool:
     "The vector EKF, unless continuous-time (adaptive steps differ per seed)."
     return config.model_options.get("dynamics", "discrete") != "continuous"
 
-
+# %% ../nbs/08_training.ipynb
 MODEL_KINDS = {
     "ekf": ModelKind(_build_ekf, _objective_loss, ekf_objective=True, vectorisable=_ekf_vectorisable),
     "image_ekf": ModelKind(_build_image_ekf, _own_loss, ekf_objective=True),
@@ -290,7 +289,7 @@ def _baseline(name, dataset, kind, lr_schedule, epochs, batch_size, grad_clip, *
         name=name, dataset=dataset, model=kind, lr=1e-3, lr_schedule=lr_schedule, epochs=epochs,
         batch_size=batch_size, grad_clip=grad_clip, model_options=model_options)
 
-
+# %% ../nbs/08_training.ipynb
 def _paper_experiments() -> dict:
     experiments = [
         ExperimentConfig(name="example", dataset="vdp", model="ekf", objective="vro", alpha=0.5, beta=1.0, lr=5e-3,
@@ -336,7 +335,7 @@ EXPERIMENTS: dict[str, ExperimentConfig] = _paper_experiments()
 DATASET_EXPERIMENTS = {"vdp": "example", "pendulum": "dt_ekf_pend_xy", "pendulum_xy": "dt_ekf_pend_xy",
                        "pendulum_images": "dt_ekf_kvae_pend_img", "mit_push": "dt_ekf_push", "push_sim": "dt_ekf_push"}
 
-
+# %% ../nbs/08_training.ipynb
 def experiment_for_dataset(dataset: str) -> str:
     "The registered experiment to start from when only a dataset is named."
     if dataset not in DATASET_EXPERIMENTS:
@@ -402,7 +401,7 @@ class TrainingDivergedError(RuntimeError):
 
 MANIFEST = "manifest.json"  # a run's files and their SHA-256, as training wrote them
 
-
+# %% ../nbs/08_training.ipynb
 def _manifest(run_dir: Path) -> dict:
     path = run_dir / MANIFEST
     if not path.exists():
@@ -448,7 +447,7 @@ def _save_atomic(obj, path: Path) -> None:
     atomic_save(obj, path)
     _record(path.parent, path.name)
 
-
+# %% ../nbs/08_training.ipynb
 def _adam(params, lr: float) -> torch.optim.Adam:
     "Adam, with its fused kernel (one call for all parameters) where the parameters' device has one, else `foreach`."
     params = list(params)
@@ -498,7 +497,7 @@ def _read_metrics(path: Path, before: int) -> list:
                               f"({len(kept)} usable rows); {_WAY_OUT}")
     return [{key: _metric_value(row[key]) for key in columns if row.get(key) not in (None, "")} for row in kept]
 
-
+# %% ../nbs/08_training.ipynb
 def _parses(row: dict) -> bool:
     try:
         int(row["iteration"])
@@ -536,7 +535,7 @@ class _MetricsWriter:
         with self.path.open("a", newline="") as handle:
             csv.DictWriter(handle, self.columns).writerow(row)
 
-
+# %% ../nbs/08_training.ipynb
 class _RunLog:
     "Where one run's iterations go: its `history`, `metrics.csv` and TensorBoard (unless `write` is False), the callback."
 
@@ -582,7 +581,7 @@ def _progress_bar(progress: bool, total: int, start: int, description: str):
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=start, desc=description)
 
-
+# %% ../nbs/08_training.ipynb
 def train(
     config: ExperimentConfig,
     *,
@@ -629,7 +628,7 @@ def train(
     finally:
         torch.set_num_threads(previous_threads)
 
-
+# %% ../nbs/08_training.ipynb
 @contextlib.contextmanager
 def _run_directory(run_dir: Path, restart: bool):
     """Hold the run directory for one writer (rank 0 of a distributed run takes the lock): move it aside first
@@ -654,7 +653,7 @@ def _run_directory(run_dir: Path, restart: bool):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
-
+# %% ../nbs/08_training.ipynb
 def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
     "`train`'s work, on a validated config."
     if seeds is not None:
@@ -743,7 +742,7 @@ def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
         _save_atomic(model.state_dict(), run_dir / "model.pt")
     return TrainResult(model, log.history, run_dir)
 
-
+# %% ../nbs/08_training.ipynb
 def _divergence(run_dir: Path, iteration: int, lr: float, what: str, last_checkpoint: int | None) -> str:
     "The message of `TrainingDivergedError`: what happened, what was kept, what to change."
     kept = (f"{run_dir / 'checkpoint.pt'} holds iteration {last_checkpoint}" if last_checkpoint else
@@ -831,7 +830,7 @@ def _train_seeds(config, seeds, *, resume, progress, callback, dataset, run_dir)
 def _slice(stacked: dict, k: int) -> dict:
     return {name: tensor[k] for name, tensor in stacked.items()}
 
-
+# %% ../nbs/08_training.ipynb
 def _stacked_losses(base, params, buffers, y, u, iteration):
     "Each seed's loss `(K,)` and parts on its own batch `y[k]`, `u[k]`: one `vmap`, or seed by seed where one failed."
     def one(p, b, y1, u1, checked):
@@ -877,7 +876,7 @@ def _stacked_optimizer_state(seed_states: list) -> dict:
                  for key, value in entry.items()} for i, entry in first["state"].items()}
     return {"state": state, "param_groups": first["param_groups"]}
 
-
+# %% ../nbs/08_training.ipynb
 def _checkpoint_iterations(run_dirs: list) -> set:
     """The iterations at which the seeds' existing checkpoints stop. Seeds stopped at different iterations (a
     kill between two seeds' saves) are resumed one after another, each from its own checkpoint."""
@@ -903,7 +902,7 @@ def _seed_checkpoints(configs, run_dirs, resume, device):
             raise ValueError(f"{path.parent} was trained with a different config; resume with the same config")
     return states
 
-
+# %% ../nbs/08_training.ipynb
 def _train_vectorised(configs, run_dirs, *, resume, progress, callbacks, dataset):
     "The K seeds of one config, vectorised with `vmap` over stacked parameters; one `TrainResult` per seed."
     config = configs[0]
