@@ -5,7 +5,11 @@ Usage: python benchmarks/bench_train.py [--repeats N] [--full] [--skip-sweep] [-
 
 Prints one JSON line per measurement, then a table:
   train_vdp, train_push, train_pend      the paper-size configurations, beside the reference times;
-  train_push_ct, train_push_le           continuous-time and linear-ensemble (K = 100) push models;
+  train_push_ct, train_push_le           continuous-time and linear-ensemble (K = 100) push models; the
+                                         continuous-time line gives the solver, its tolerances and `nfe`, the
+                                         field evaluations of one iteration's forward pass (an adaptive
+                                         solver's work depends on the data and weights), and the time per
+                                         evaluation;
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
                                          default, all 18 points with --full), and on CUDA when available
                                          (with `peak_gib`, the peak of allocated GPU memory; a point that
@@ -75,6 +79,13 @@ def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **mo
     extra = {}
     med, lo, hi = time_it(step, warmup=warmup, repeats=repeats)
     extra["cpp_loops"] = runs_cpp_loops(cfg, **model_options)
+    if hasattr(model.dynamics, "function_evaluations"):  # an adaptive solver's cost: say how much work it did
+        model.dynamics.function_evaluations = 0
+        step()
+        extra["nfe"] = model.dynamics.function_evaluations
+        extra["ms_per_evaluation"] = round(1e3 * med / extra["nfe"], 3)
+        extra.update(method=model.dynamics.method, rtol=model.dynamics.rtol, atol=model.dynamics.atol,
+                     data="random normal y and u")
     ops = count_ops(step) if with_ops else None
     if reference is not None:
         extra.update(reference_s=reference, speedup=round(reference / med, 2))

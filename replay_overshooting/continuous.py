@@ -67,6 +67,7 @@ class ContinuousDynamics(nn.Module):
         self.vector_field, self.latent_dim = vector_field, latent_dim
         self.dt, self.method, self.rtol, self.atol = float(dt), method, rtol, atol
         self.options = dict(options) if options is not None else {}
+        self.function_evaluations = 0  # right-hand sides evaluated by every solve so far (reset it to count a call)
 
     def _check_state(self, z, u):
         n = self.latent_dim
@@ -102,7 +103,11 @@ class ContinuousDynamics(nn.Module):
     def _integrate(self, rhs, state):
         "Integrate `d state/dt = rhs(state)` over `[0, dt]` and return the final state (a tuple)."
         times = torch.tensor([0.0, self.dt], dtype=state[0].dtype, device=state[0].device)
-        solution = odeint(lambda t, s: rhs(s), state, times, method=self.method, rtol=self.rtol, atol=self.atol,
+
+        def counted(t, s):
+            self.function_evaluations += 1
+            return rhs(s)
+        solution = odeint(counted, state, times, method=self.method, rtol=self.rtol, atol=self.atol,
                           options=self.options)
         return tuple(s[-1] for s in solution)
 
