@@ -10,6 +10,11 @@ Prints one JSON line per measurement, then a table:
                                          field evaluations of one iteration's forward pass (an adaptive
                                          solver's work depends on the data and weights), and the time per
                                          evaluation;
+  registered_*                           registered experiments as `train` runs them (their objective, clipping
+                                         and Adam), from their initial weights on a small sample of their data:
+                                         the CT-EKF, PlaNet, PlaNet with observation overshooting and GSSM on
+                                         push_sim, and the image EKF and PlaNet on pendulum images; each line
+                                         names the experiment, the data and the batch;
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
                                          default, all 18 points with --full), and on CUDA when available
                                          (with `peak_gib`, the peak of allocated GPU memory; a point that
@@ -24,10 +29,12 @@ import json
 import torch
 
 from common import (
-    CONFIGS, REFERENCE_SECONDS, benchmark_parser, count_ops, parse_single_threaded, report, time_it)
+    CONFIGS, REFERENCE_SECONDS, benchmark_parser, count_ops, cpp_loops_on,
+    parse_single_threaded, report, time_it)
+from replay_overshooting.data import SequenceDataset
 from replay_overshooting.models import EKFModel
 from replay_overshooting.objectives import vro
-from replay_overshooting.training import _adam
+from replay_overshooting.training import _adam, _draw_batch, _training_data, build_model, compute_loss, get_experiment
 
 SWEEP_FULL = list(itertools.product((50, 200, 1000), (16, 256, 1024), (8, 32)))
 SWEEP_DEFAULT = [(50, 16, 8), (200, 16, 8), (1000, 16, 8), (50, 256, 8), (50, 1024, 8), (50, 16, 32), (200, 256, 32)]
@@ -93,6 +100,57 @@ def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **mo
     return name, med, reference, ops
 
 
+PUSH_SAMPLE = {"num_trajectories": 80, "num_eval": 8}  # push_sim: MIT Push's layout and sizes, fewer pushes
+REGISTERED = {  # line → (registered experiment, the data set it trains on here, a small sample of that data)
+    "registered_ct_ekf_push": ("ct_ekf_push", "push_sim", PUSH_SAMPLE),
+    "registered_planet_push": ("planet_push", "push_sim", PUSH_SAMPLE),
+    "registered_oo_planet_push": ("oo_planet_push", "push_sim", PUSH_SAMPLE),
+    "registered_gssm_push": ("gssm_push", "push_sim", PUSH_SAMPLE),
+    "registered_image_ekf_pend": ("dt_ekf_kvae_pend_img", "pendulum_images", {"num_sequences": 64, "cache": False}),
+    "registered_planet_pend_img": ("planet_pend_img", "pendulum_images", {"num_sequences": 64, "cache": False}),
+}
+
+
+def measure_registered(name, *, repeats, warmup=2):
+    """Time one iteration of a registered experiment as `train` runs it: its model and objective at full weights,
+    backward, gradient clipping and Adam, on a batch of full-length windows of its data set (a small sample).
+    Prints its JSON line, with the experiment, data and, for an adaptive solver, its work; returns a table row."""
+    experiment, dataset_name, options = REGISTERED[name]
+    config = get_experiment(experiment, dataset=dataset_name, dataset_options=options, device="cpu")
+    dataset, length = _training_data(config, None)
+    torch.manual_seed(config.seed)
+    model = build_model(config, dataset)
+    batch = _draw_batch(dataset, config, 0, max(1, len(dataset) // config.batch_size), length)
+    y = batch["y"]
+    y = SequenceDataset.image_to_float(y, torch.float32) if dataset.is_image else y.float()
+    u = batch["u"].float() if dataset.ctrl_dim else None
+    optimizer = _adam(model.parameters(), config.lr)
+    initial = {key: value.clone() for key, value in model.state_dict().items()}
+
+    def step():
+        model.load_state_dict(initial)  # every iteration from the initial weights: the data the model starts on
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = compute_loss(model, config, y, u, 10**6)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+    med, lo, hi = time_it(step, warmup=warmup, repeats=repeats)
+    extra = {"experiment": experiment, "data": f"{dataset_name} {options}", "batch": tuple(y.shape),
+             "parameters": sum(p.numel() for p in model.parameters())}
+    dynamics = getattr(model, "dynamics", None) or getattr(getattr(model, "ekf", None), "dynamics", None)
+    # the C++ recursions serve the discrete-time and ensemble EKFs, not the baselines or continuous time
+    extra["cpp_loops"] = (dynamics is not None and not hasattr(dynamics, "function_evaluations")
+                          and cpp_loops_on())
+    if hasattr(dynamics, "function_evaluations"):
+        dynamics.function_evaluations = 0
+        step()
+        extra.update(nfe=dynamics.function_evaluations, ms_per_evaluation=round(1e3 * med / dynamics.function_evaluations, 3),
+                     method=dynamics.method, rtol=dynamics.rtol, atol=dynamics.atol)
+    report(name, med, lo, hi, **extra)
+    return name, med, None, None
+
+
 def sweep_point(cfg, *, repeats, device):
     """Time one sweep point; returns (median, min, max) and the extra fields of its line: `peak_gib` (the peak of
     allocated memory) on CUDA."""
@@ -149,6 +207,7 @@ def main():
                             dynamics="continuous"))
         rows.append(measure("train_push_le", CONFIGS["push"], repeats=max(3, args.repeats // 3), dynamics="ensemble",
                             ensemble_size=100))
+        rows += [measure_registered(name, repeats=3) for name in REGISTERED]
     if not args.skip_sweep:
         points = SWEEP_FULL if args.full else SWEEP_DEFAULT
         for device in devices:

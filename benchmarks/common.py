@@ -47,7 +47,7 @@ def count_ops(fn):
 _held_freed_memory = False  # set by `parse_single_threaded`
 
 
-def _cpp_loops_on() -> bool:
+def cpp_loops_on() -> bool:
     "Whether the C++ loops are built and the default backend (`$REPLAY_OVERSHOOTING_BACKEND`) takes them."
     return default_backend() in ("auto", "native") and native_loops() is not None
 
@@ -59,7 +59,7 @@ def report(config, median_s, min_s, max_s, **extra):
     that know the model pass it), and `held_freed_memory` whether malloc keeps freed memory as `train` has it do
     on CPU (`hold_freed_memory`)."""
     print(json.dumps({"config": config, "median_s": round(median_s, 5), "min_s": round(min_s, 5),
-                      "max_s": round(max_s, 5), "backend": default_backend(), "cpp_loops": _cpp_loops_on(),
+                      "max_s": round(max_s, 5), "backend": default_backend(), "cpp_loops": cpp_loops_on(),
                       "held_freed_memory": _held_freed_memory, **extra}), flush=True)
 
 
