@@ -583,8 +583,8 @@ PAPER_BASELINES = {
     "oo_planet_push": (RSSM, dict(**_PUSH, latent_dim=16, embed_dim=32, overshoot="observation")),
     "gssm_push": (GSSM, dict(**_PUSH, latent_dim=16, embed_dim=16)),
     "planet_pend_img": (RSSM, dict(**_PENDULUM_IMAGES, latent_dim=3, embed_dim=8)),
-    "lo_planet_pend_img": (RSSM, dict(**_PENDULUM_IMAGES, latent_dim=16, embed_dim=16, overshoot="latent")),
-    "oo_planet_pend_img": (RSSM, dict(**_PENDULUM_IMAGES, latent_dim=16, embed_dim=16, overshoot="observation")),
+    "lo_planet_pend_img": (RSSM, dict(**_PENDULUM_IMAGES, latent_dim=16, embed_dim=8, overshoot="latent")),
+    "oo_planet_pend_img": (RSSM, dict(**_PENDULUM_IMAGES, latent_dim=16, embed_dim=8, overshoot="observation")),
     "gssm_pend_img": (GSSM, dict(image_size=16, ctrl_dim=1, latent_dim=3, embed_dim=8)),
 }
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .baselines import GSSM, RSSM
+from .baselines import GSSM, PAPER_BASELINES, RSSM
 from .data import DATASET_NAMES, SequenceDataset, load_dataset
 from .gaussian import NotPositiveDefiniteError
 from .image_models import ImageEKFModel
@@ -284,10 +284,15 @@ def _ekf_pend_img(name, objective, alpha, lr_schedule, ramp, **model_options):
         model_options={"latent_dim": 3, "obs_dim": 2, "noise": "factor_diagonal", **model_options})
 
 
-def _baseline(name, dataset, kind, lr_schedule, epochs, batch_size, grad_clip, **model_options):
+_DATA_SHAPED = ("obs_dim", "ctrl_dim", "image_size")  # model options that the data set supplies at build time
+
+
+def _baseline(name, dataset, kind, lr_schedule, epochs, batch_size, grad_clip):
+    "A baseline row of the paper's training protocol; its architecture is `baselines.PAPER_BASELINES[name]`."
+    architecture = {key: value for key, value in PAPER_BASELINES[name][1].items() if key not in _DATA_SHAPED}
     return ExperimentConfig(
         name=name, dataset=dataset, model=kind, lr=1e-3, lr_schedule=lr_schedule, epochs=epochs,
-        batch_size=batch_size, grad_clip=grad_clip, model_options=model_options)
+        batch_size=batch_size, grad_clip=grad_clip, model_options=architecture)
 
 # %% ../nbs/08_training.ipynb
 def _paper_experiments() -> dict:
@@ -299,22 +304,18 @@ def _paper_experiments() -> dict:
         _ekf_push("dt_ekf_push_nop", "none", 1.0, 200),
         _ekf_push("ct_ekf_push", "lro", 0.5, 50, dynamics="continuous", dt=0.01),
         _ekf_push("le_ekf_push", "lro", 0.5, 400, dynamics="ensemble", ensemble_size=100),
-        _baseline("planet_push", "mit_push", "rssm", "lr5", 400, 16, 100.0, latent_dim=16, embed_dim=32),
-        _baseline("lo_planet_push", "mit_push", "rssm", "lr5", 400, 16, 100.0, latent_dim=16, embed_dim=32,
-                  overshoot="latent", overshoot_distance=2),
-        _baseline("oo_planet_push", "mit_push", "rssm", "lr5", 400, 16, 100.0, latent_dim=16, embed_dim=32,
-                  overshoot="observation", overshoot_distance=2),
-        _baseline("gssm_push", "mit_push", "gssm", "lr5", 400, 8, 500.0, latent_dim=16, embed_dim=16),
+        _baseline("planet_push", "mit_push", "rssm", "lr5", 400, 16, 100.0),
+        _baseline("lo_planet_push", "mit_push", "rssm", "lr5", 400, 16, 100.0),
+        _baseline("oo_planet_push", "mit_push", "rssm", "lr5", 400, 16, 100.0),
+        _baseline("gssm_push", "mit_push", "gssm", "lr5", 400, 8, 500.0),
         _ekf_pend_img("dt_ekf_kvae_pend_img", "vro", 0.5, "lr5", 200),
         _ekf_pend_img("dt_ekf_kvae_nop_pend_img", "none", 1.0, "lr2", None),
         _ekf_pend_img("ct_ekf_kvae_pend_img", "vro", 0.5, "lr5", 200, dynamics="continuous", dt=0.05),
         _ekf_pend_img("le_ekf_kvae_pend_img", "vro", 0.5, "lr5", 200, dynamics="ensemble", ensemble_size=10),
-        _baseline("planet_pend_img", "pendulum_images", "rssm", "lr2", 40, 8, 500.0, latent_dim=3, embed_dim=8),
-        _baseline("lo_planet_pend_img", "pendulum_images", "rssm", "lr2", 40, 8, 500.0, latent_dim=16, embed_dim=8,
-                  overshoot="latent", overshoot_distance=2),
-        _baseline("oo_planet_pend_img", "pendulum_images", "rssm", "lr2", 20, 8, 500.0, latent_dim=16, embed_dim=8,
-                  overshoot="observation", overshoot_distance=2),
-        _baseline("gssm_pend_img", "pendulum_images", "gssm", "lr2", 80, 8, 500.0, latent_dim=3, embed_dim=8),
+        _baseline("planet_pend_img", "pendulum_images", "rssm", "lr2", 40, 8, 500.0),
+        _baseline("lo_planet_pend_img", "pendulum_images", "rssm", "lr2", 40, 8, 500.0),
+        _baseline("oo_planet_pend_img", "pendulum_images", "rssm", "lr2", 20, 8, 500.0),
+        _baseline("gssm_pend_img", "pendulum_images", "gssm", "lr2", 80, 8, 500.0),
     ]
     experiments.append(ExperimentConfig(
         name="dt_ekf_pend_xy", dataset="pendulum_xy", model="ekf", objective="vro", alpha=0.5, beta=1.0, lr=1e-3,
