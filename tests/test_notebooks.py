@@ -1,4 +1,6 @@
-"""The papermill experiment notebooks: train.ipynb and evaluate.ipynb run end to end on tiny data, and a missing dataset stops with a useful message."""
+"""The papermill experiment notebooks (train, evaluate, reproduce) run end to end on tiny data, a missing dataset
+stops with a useful message, and every other notebook that runs top to bottom runs under plain papermill, one at a
+time (run two at a time by papermill subprocesses, one hung waiting on its kernel in a trial)."""
 import csv
 import json
 from pathlib import Path

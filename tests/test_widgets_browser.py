@@ -45,8 +45,12 @@ def jupyterlab(tmp_path):
     "A JupyterLab server on localhost serving a copy of the tutorial; yields (base URL, token, folder)."
     shutil.copy(ROOT / "nbs" / NOTEBOOK, tmp_path / NOTEBOOK)
     port, token = _free_port(), "replay-overshooting-browser-test"
+    # JupyterLab finds the widget manager's front-end in the Jupyter data folders of the interpreter that has its
+    # package: in a venv that reuses the base interpreter's packages, those of the base
+    data = [str(Path(prefix) / "share" / "jupyter") for prefix in dict.fromkeys((sys.prefix, sys.base_prefix))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime")}
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime"),
+           "JUPYTER_PATH": os.pathsep.join(filter(None, [os.environ.get("JUPYTER_PATH"), *data]))}
     as_root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -102,7 +106,12 @@ def test_moving_the_filter_slider_redraws_the_forecast(jupyterlab):
             " return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)); }",
             timeout=600_000)
         slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="filter F"))
-        slider.wait_for(timeout=60_000)
+        try:
+            slider.wait_for(timeout=60_000)
+        except playwright.Error:
+            page.screenshot(path=str(artifacts / "no_slider.png"), full_page=True)
+            raise AssertionError("no 'filter F' slider was rendered (the widget manager's front-end missing, or the "
+                                 f"viewer fell back to its static figure); see {artifacts / 'no_slider.png'}")
         viewer = page.locator(".jp-OutputArea-output", has=slider).last
         viewer.scroll_into_view_if_needed()
         figure = viewer.locator("img")
