@@ -166,8 +166,9 @@ def _scored(model, y, u, filter_points, predict_steps, num_samples, generator, i
         return whole
     scores = [score(slice(b, b + 1)) for b in range(y.shape[0])]
     failed = sum(s is None for s in scores)
-    scores = [(*(y.new_full((1, predict_steps), math.inf),) * 2, torch.ones(1, dtype=torch.bool, device=y.device))
-              if s is None else s for s in scores]
+    inf = y.new_full((1, predict_steps), math.inf)
+    failed_score = (inf, inf, torch.ones(1, dtype=torch.bool, device=y.device))  # NLL, MAE, unstable
+    scores = [failed_score if s is None else s for s in scores]
     warnings.warn(f"{failed} of {y.shape[0]} sequences have predictive covariances that are not positive definite "
                   f"after F={filter_points}, P={predict_steps}: they score inf", RuntimeWarning)
     return tuple(torch.cat(parts) for parts in zip(*scores))
