@@ -1,19 +1,28 @@
-"""Speed of one PlaNet (RSSM) training iteration: loss + backward + gradient clipping + Adam step.
+"""Speed of one PlaNet (RSSM) or GSSM training iteration: loss + backward + gradient clipping + Adam step.
 
 Usage: python benchmarks/bench_baselines.py [--repeats N]
-Prints one JSON line per configuration (one CPU thread, median over repeats after warm-up):
-- train_planet_pend_img: the paper's training protocol row planet_pend_img, 16x16 frames, 1-D torque, T=33, batch 8, clip 500;
-- train_planet_push: the paper's training protocol row planet_push, obs 2-D, controls 6-D, T=50, batch 16, clip 100.
+Prints one JSON line per configuration and RSSM recurrence (one CPU thread, median over repeats after warm-up;
+the two recurrences of a configuration are timed alternately, step by step, on the same model and data, so their
+ratio is taken under the same load), then a table beside the paper's code:
+- planet_push, oo_planet_push: the paper's rows, obs 2-D, controls 6-D, T=50, batch 16, clip 100;
+- gssm_push: the paper's GSSM row on push, T=50, batch 8, clip 100;
+- planet_pend_img: the paper's row, 16x16 frames, 1-D torque, T=33, batch 8, clip 500.
+`recurrence` is `RSSM(recurrence=...)`: "plain" is the loop of the model's equations (`rssm_filter`),
+"hoisted" moves the work that does not depend on the recursion out of it (`rssm_filter_hoisted`).
 """
+import statistics
+import time
 
 import torch
 
-from common import benchmark_parser, parse_single_threaded, report, time_it
-from replay_overshooting.baselines import paper_baseline
+from common import PAPER_CODE_SECONDS, benchmark_parser, parse_single_threaded, report
+from replay_overshooting.baselines import RSSM, paper_baseline
 
 CONFIGS = {
-    "train_planet_pend_img": dict(model="planet_pend_img", obs_shape=(16, 16), ctrl_dim=1, T=33, batch=8, clip=500.0),
-    "train_planet_push": dict(model="planet_push", obs_shape=(2,), ctrl_dim=6, T=50, batch=16, clip=100.0),
+    "planet_push": dict(obs_shape=(2,), ctrl_dim=6, T=50, batch=16, clip=100.0),
+    "oo_planet_push": dict(obs_shape=(2,), ctrl_dim=6, T=50, batch=16, clip=100.0),
+    "gssm_push": dict(obs_shape=(2,), ctrl_dim=6, T=50, batch=8, clip=100.0),
+    "planet_pend_img": dict(obs_shape=(16, 16), ctrl_dim=1, T=33, batch=8, clip=500.0),
 }
 
 
@@ -26,15 +35,47 @@ def training_step(model, optimizer, y, u, clip):
     optimizer.step()
 
 
+def alternating_times(steps: dict, *, warmup: int, repeats: int) -> dict:
+    "Time each of `steps` (name → callable) once per round, `repeats` rounds after `warmup`; name → seconds."
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main():
     args = parse_single_threaded(benchmark_parser(__doc__))
+    rows = []
     for name, cfg in CONFIGS.items():
-        model = paper_baseline(cfg["model"])
+        model = paper_baseline(name)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         y = torch.rand(cfg["batch"], cfg["T"], *cfg["obs_shape"])
         u = torch.randn(cfg["batch"], cfg["T"], cfg["ctrl_dim"])
-        med, lo, hi = time_it(lambda: training_step(model, optimizer, y, u, cfg["clip"]), repeats=args.repeats)
-        report(name, med, lo, hi)
+
+        def step(recurrence):
+            if isinstance(model, RSSM):
+                model.recurrence = recurrence
+            training_step(model, optimizer, y, u, cfg["clip"])
+        recurrences = ("plain", "hoisted") if isinstance(model, RSSM) else ("plain",)
+        times = alternating_times({r: (lambda r=r: step(r)) for r in recurrences}, warmup=3, repeats=args.repeats)
+        paper = PAPER_CODE_SECONDS.get(name)
+        for recurrence, seconds in times.items():
+            med = statistics.median(seconds)
+            extra = {"recurrence": recurrence} if isinstance(model, RSSM) else {}
+            if paper:
+                extra.update(paper_code_s=paper, speedup=round(paper / med, 2))
+            report(f"train_{name}", med, min(seconds), max(seconds), model=name, batch=[cfg["batch"], cfg["T"]],
+                   **extra)
+            rows.append((name, recurrence if isinstance(model, RSSM) else "", med, paper))
+    print("\n| model | recurrence | median s | paper's code s | speed-up |\n|---|---|---|---|---|")
+    for name, recurrence, med, paper in rows:
+        print(f"| {name} | {recurrence} | {med:.4f} | {paper or ''} | {f'{paper / med:.1f}x' if paper else ''} |")
 
 
 if __name__ == "__main__":

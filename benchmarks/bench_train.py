@@ -14,7 +14,8 @@ Prints one JSON line per measurement, then a table:
                                          and Adam), from their initial weights on a small sample of their data:
                                          the CT-EKF, PlaNet, PlaNet with observation overshooting and GSSM on
                                          push_sim, and the image EKF and PlaNet on pendulum images; each line
-                                         names the experiment, the data and the batch;
+                                         names the experiment, the data and the batch, and, where it was
+                                         measured, the paper's code's time (`paper_code_s`) and the speed-up;
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
                                          default, all 18 points with --full), and on CUDA when available
                                          (with `peak_gib`, the peak of allocated GPU memory; a point that
@@ -29,7 +30,7 @@ import json
 import torch
 
 from common import (
-    CONFIGS, REFERENCE_SECONDS, benchmark_parser, count_ops, cpp_loops_on,
+    CONFIGS, PAPER_CODE_SECONDS, REFERENCE_SECONDS, benchmark_parser, count_ops, cpp_loops_on,
     parse_single_threaded, report, time_it)
 from replay_overshooting.data import SequenceDataset
 from replay_overshooting.models import EKFModel
@@ -147,8 +148,11 @@ def measure_registered(name, *, repeats, warmup=2):
         step()
         extra.update(nfe=dynamics.function_evaluations, ms_per_evaluation=round(1e3 * med / dynamics.function_evaluations, 3),
                      method=dynamics.method, rtol=dynamics.rtol, atol=dynamics.atol)
+    paper = PAPER_CODE_SECONDS.get(experiment)
+    if paper:
+        extra.update(paper_code_s=paper, speedup=round(paper / med, 2))
     report(name, med, lo, hi, **extra)
-    return name, med, None, None
+    return name, med, paper, None
 
 
 def sweep_point(cfg, *, repeats, device):

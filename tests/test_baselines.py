@@ -166,9 +166,11 @@ def test_free_nats_floor_the_kl():
     assert parts["kl"].item() == 50.0
 
 
-def test_rssm_elbo_against_a_naive_loop():
-    "Loss = mean over batch and time of -log p(y_t | h_t, s_t) + KL(q_t || p_t), recomputed from the sampled path."
-    model = small_rssm()
+@pytest.mark.parametrize("recurrence", ["plain", "hoisted"])
+def test_rssm_elbo_against_a_naive_loop(recurrence):
+    """Loss = mean over batch and time of -log p(y_t | h_t, s_t) + KL(q_t || p_t), recomputed from the sampled path
+    of the plain filter (the same random draws)."""
+    model = small_rssm(recurrence=recurrence)
     y, u = (x.double() for x in damped_oscillator(3, 6))
     torch.manual_seed(2)
     loss, _ = model.loss(y, u)
