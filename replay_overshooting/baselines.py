@@ -575,8 +575,8 @@ def gssm_infer(
     z = summaries.new_zeros(batch, model.latent_dim)
     u_previous = summaries.new_zeros(batch, model.ctrl_dim)
     path = []
-    for t in range(summaries.shape[1]):
-        mean, std = model.posterior(z, u_previous, summaries[:, t])
+    for t, summary in enumerate(summaries.unbind(1)):  # unbound: the backward pass gathers the steps' gradients once
+        mean, std = model.posterior(z, u_previous, summary)
         z, u_previous = sample_diag_gaussian(mean, std, generator), u[:, t]
         path.append((z, mean, std))
     z, posterior_mean, posterior_std = (torch.stack(x, 1) for x in zip(*path))
