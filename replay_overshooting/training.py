@@ -281,7 +281,8 @@ def _ekf_pend_img(name, objective, alpha, lr_schedule, ramp, **model_options):
     return ExperimentConfig(
         name=name, dataset="pendulum_images", model="image_ekf", objective=objective, alpha=alpha, beta=2.0, lr=1e-3,
         lr_schedule=lr_schedule, epochs=3, batch_size=4, ramp=ramp, burn_in=100, kl_anneal=1000,
-        model_options={"latent_dim": 3, "obs_dim": 2, "noise": "factor_diagonal", **model_options})
+        model_options={"latent_dim": 3, "obs_dim": 2, "noise": "factor_diagonal", "encoder_prior": "standard_normal",
+                       **model_options})
 
 
 _DATA_SHAPED = ("obs_dim", "ctrl_dim", "image_size")  # model options that the data set supplies at build time
