@@ -22,12 +22,13 @@ import sys
 from pathlib import Path
 
 from replay_overshooting.push_sim import write_push_sim
+from replay_overshooting.reproduce import STUDIES
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_DATA = {"vdp": "{num_sequences: 8, seq_len: 60, cache: false}",
              "push_sim": "{num_trajectories: 40, num_eval: 4}",
              "pendulum_images": "{num_sequences: 6, seq_len: 60, cache: false}"}
-STUDY_DATA = {"vdp": "vdp", "vdp_vro_ablation": "vdp", "push_sim": "push_sim", "pendulum_images": "pendulum_images"}
+STUDY_DATA = {name: study.dataset for name, study in STUDIES.items()}
 IMAGE_VARIANTS = ["le_ekf_kvae_pend_img", "planet_pend_img"]
 TINY_EVALUATION = ["-p", "eval_filter_points", "[5]", "-p", "eval_predict_steps", "[10]"]
 USAGE_NOTEBOOKS = ("train.ipynb", "evaluate.ipynb", "reproduce.ipynb", "11_cli.ipynb")
