@@ -335,6 +335,14 @@ def _mean_over(values, mask):
 ENCODER_PRIORS = ("ekf", "standard_normal")
 
 
+def _standard_normal_kl(
+    mean: torch.Tensor,  # `(B, T, p)` encoder means
+    var: torch.Tensor,  # `(B, T, p)` encoder variances
+) -> torch.Tensor:  # `(B, T)`
+    "KL(N(mean, diag var) ‖ N(0, I)) per frame."
+    return 0.5 * (var + mean.square() - 1 - var.log()).sum(-1)
+
+
 class ImageEKFModel(nn.Module):
     "KVAE-style image model: encoder `x_t -> q(a_t|x_t)`, an `EKFModel` over `a_{0:T-1}`, decoder `a_t -> p(x_t|a_t)`."
 
@@ -421,27 +429,57 @@ class ImageEKFModel(nn.Module):
         *,
         iteration: int = 0,  # training iteration, for the objective's warm-up schedules
         condition: torch.Tensor | None = None,  # `(B, cond_dim)`
+        train_autoencoder: bool = True,  # False: encoder and decoder held fixed, the loss is the EKF objective alone
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # scalar loss and its detached components
         """Image NLL + the encoder term (per frame) + the EKF objective on one sample of the encoded sequence; the
         encoder term is minus its entropy (`encoder_prior="ekf"`, part `encoder_entropy`) or its KL to N(0, I)
-        (`"standard_normal"`, part `encoder_kl`)."""
+        (`"standard_normal"`, part `encoder_kl`). With `train_autoencoder=False` the frames are encoded without
+        gradients and the loss is the EKF objective alone (the second stage of two-stage training)."""
         frames = self._frames(images, mask)
-        mean, var = self.encode(frames, condition)
-        a = mean + var.sqrt() * torch.randn_like(mean)
-        flat_condition = None if condition is None else condition.repeat_interleave(frames.shape[1], 0)
-        nll = self.decoder.nll(a.flatten(0, 1), frames.flatten(0, 1), flat_condition).view(frames.shape[:2])
+        if not train_autoencoder:
+            with torch.no_grad():
+                a = self._encoded_sample(frames, condition)[2]
+            ekf_loss, ekf_parts = self.objective_fn(self.ekf, a, u, mask, iteration=iteration, **self.objective_options)
+            return ekf_loss, {k: v.detach() for k, v in {"ekf_loss": ekf_loss, **ekf_parts}.items()}
+        mean, var, a = self._encoded_sample(frames, condition)
+        image_part = self._image_nll(a, frames, mask, condition)
         ekf_loss, ekf_parts = self.objective_fn(self.ekf, a, u, mask, iteration=iteration, **self.objective_options)
-        image_part = _mean_over(nll, mask)
         if self.encoder_prior == "ekf":
             entropy = 0.5 * (math.log(2 * math.pi * math.e) + var.log()).sum(-1)  # (B,T)
             name, encoder_part = "encoder_entropy", _mean_over(entropy, mask)
             encoder_term = -encoder_part
         else:
-            kl = 0.5 * (var + mean.square() - 1 - var.log()).sum(-1)  # (B,T)
-            name, encoder_part = "encoder_kl", _mean_over(kl, mask)
+            name, encoder_part = "encoder_kl", _mean_over(_standard_normal_kl(mean, var), mask)
             encoder_term = encoder_part
         parts = {"image_nll": image_part, name: encoder_part, "ekf_loss": ekf_loss, **ekf_parts}
         return image_part + encoder_term + ekf_loss, {k: v.detach() for k, v in parts.items()}
+
+    def autoencoder_loss(
+        self,
+        images: torch.Tensor,  # `(B, T, H, W)` float in [0, 1] (model dtype) or uint8
+        mask: torch.Tensor | None = None,  # `(B, T)` bool, True where a frame is observed
+        *,
+        condition: torch.Tensor | None = None,  # `(B, cond_dim)`
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # scalar loss and its detached components
+        """The encoder and decoder alone, as a VAE (the first stage of two-stage training): the image NLL of one
+        sample plus KL(q(a_t | x_t) ‖ N(0, I)), both per frame (parts `image_nll`, `encoder_kl`); the EKF is
+        not used."""
+        frames = self._frames(images, mask)
+        mean, var, a = self._encoded_sample(frames, condition)
+        image_part = self._image_nll(a, frames, mask, condition)
+        kl_part = _mean_over(_standard_normal_kl(mean, var), mask)
+        return image_part + kl_part, {"image_nll": image_part.detach(), "encoder_kl": kl_part.detach()}
+
+    def _encoded_sample(self, frames, condition):
+        "Encoder means and variances `(B,T,p)` of checked frames, and one reparameterised sample `a (B,T,p)`."
+        mean, var = self.encode(frames, condition)
+        return mean, var, mean + var.sqrt() * torch.randn_like(mean)
+
+    def _image_nll(self, a, frames, mask, condition):
+        "The decoder's NLL of `frames (B,T,H,W)` given `a (B,T,p)`, per observed frame."
+        flat_condition = None if condition is None else condition.repeat_interleave(frames.shape[1], 0)
+        nll = self.decoder.nll(a.flatten(0, 1), frames.flatten(0, 1), flat_condition).view(frames.shape[:2])
+        return _mean_over(nll, mask)
 
     def filter(
         self,

@@ -5,8 +5,8 @@
 # %% auto 0
 __all__ = ['LR_SCHEDULES', 'MODEL_KINDS', 'EXPERIMENTS', 'DATASET_EXPERIMENTS', 'MANIFEST', 'unknown_name', 'learning_rate',
            'window_length', 'ExperimentConfig', 'yaml_dump', 'resolve_device', 'ModelKind', 'build_model',
-           'compute_loss', 'experiment_for_dataset', 'get_experiment', 'TrainResult', 'RunDamagedError',
-           'TrainingDivergedError', 'train', 'load_run']
+           'compute_loss', 'schedule_iteration', 'experiment_for_dataset', 'get_experiment', 'TrainResult',
+           'RunDamagedError', 'TrainingDivergedError', 'train', 'load_run']
 
 # %% ../nbs/08_training.ipynb
 import contextlib
@@ -88,6 +88,7 @@ class ExperimentConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this
     ramp: int | None = None  # curriculum: window length min(i // ramp + 2, T); None = full windows
     window: int | None = None  # full training window T (default: the dataset's)
+    autoencoder_pretrain: int = 0  # image EKF: iterations training encoder + decoder alone first, then fixed
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     dtype: str = "float32"  # "float32" or "float64"
@@ -116,6 +117,11 @@ class ExperimentConfig:
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
             raise ValueError(f"these settings must be positive: {bad}")
+        if self.autoencoder_pretrain < 0:
+            raise ValueError(f"autoencoder_pretrain must not be negative, got {self.autoencoder_pretrain}")
+        if self.autoencoder_pretrain and self.model != "image_ekf":
+            raise ValueError(f"autoencoder_pretrain trains an image model's encoder and decoder, but model "
+                             f"{self.model!r} has none; set it to 0, or use model 'image_ekf'")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         negative = {key: getattr(self, key) for key in ("beta", "burn_in", "kl_anneal") if getattr(self, key) < 0}
@@ -266,8 +272,19 @@ def build_model(config: ExperimentConfig, dataset: SequenceDataset) -> nn.Module
 
 def compute_loss(model: nn.Module, config: ExperimentConfig, y: torch.Tensor, u: torch.Tensor | None,
                  iteration: int, *, checked: bool = True) -> tuple[torch.Tensor, dict]:
-    "The training loss of `model` on a batch `y (B,T,…)`, `u (B,T,m)` at `iteration`, and its named parts."
-    return MODEL_KINDS[config.model].loss(model, config, y, u, iteration, checked)
+    """The training loss of `model` on a batch `y (B,T,…)`, `u (B,T,m)` at `iteration`, and its named parts; with
+    `config.autoencoder_pretrain` the stage's loss, its schedules counted from the end of pre-training."""
+    step = schedule_iteration(config, iteration)
+    if step < 0:
+        return model.autoencoder_loss(y)
+    if config.autoencoder_pretrain:
+        return model.loss(y, u, iteration=step, train_autoencoder=False)
+    return MODEL_KINDS[config.model].loss(model, config, y, u, step, checked)
+
+
+def schedule_iteration(config: ExperimentConfig, iteration: int) -> int:
+    "Where `iteration` stands in the configured schedules: `iteration - autoencoder_pretrain` (negative before)."
+    return iteration - config.autoencoder_pretrain
 
 # %% ../nbs/08_training.ipynb
 def _ekf_push(name, objective, alpha, epochs, **model_options):
@@ -565,12 +582,14 @@ class _RunLog:
 def _iteration_count(config, dataset) -> tuple[int, int]:
     "`(per_epoch, total)`: batches per epoch, and the iterations a run of `config` on `dataset` trains for."
     per_epoch = math.ceil(len(dataset) / config.batch_size)
-    return per_epoch, config.max_iterations if config.max_iterations is not None else config.epochs * per_epoch
+    scheduled = config.max_iterations if config.max_iterations is not None else config.epochs * per_epoch
+    return per_epoch, config.autoencoder_pretrain + scheduled
 
 
 def _scheduled_learning_rate(optimizer, config, iteration: int) -> float:
-    "Set the optimiser's learning rate to the schedule's at `iteration`, and return it."
-    lr = learning_rate(config.lr_schedule, config.lr, iteration)
+    "Set the optimiser's learning rate to the schedule's at `iteration` (`lr` while the autoencoder pre-trains)."
+    step = schedule_iteration(config, iteration)
+    lr = learning_rate(config.lr_schedule, config.lr, step) if step >= 0 else config.lr
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
@@ -708,7 +727,8 @@ def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
     for iteration in range(start, total):
         tic = time.perf_counter()
         epoch = iteration // per_epoch
-        length = window_length(iteration, config.ramp, full_length)
+        step = schedule_iteration(config, iteration)
+        length = window_length(step, config.ramp, full_length) if step >= 0 else full_length
         batch = _draw_batch(dataset, config, iteration, per_epoch, length, rank, world)
         y = batch["y"].to(device=device, dtype=dtype)
         u = batch["u"].to(device=device, dtype=dtype) if dataset.ctrl_dim else None
