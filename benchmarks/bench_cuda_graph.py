@@ -11,6 +11,10 @@ Before timing, the script checks the graph against eager steps on the same data 
 S-EKF objective (no sampling): the largest relative difference of the losses of 5 steps and of the weights after
 them (`max_rel_diff`).
 
+With `--train-iterations N` it also trains `dt_ekf_push` for N iterations through `train`, eagerly and with
+`cuda_graph=True` (loss weights settled after 10 iterations, full windows of T = 50, B = 16), and prints the median
+seconds per iteration of the second half of each run.
+
 Prints one JSON line per measurement: experiment, device, mode (eager or cuda_graph), batch B, window T,
 median/min/max seconds per step, and for graphs the capture's seconds.
 """
@@ -23,7 +27,7 @@ import time
 import torch
 
 from replay_overshooting.data import SequenceDataset
-from replay_overshooting.training import build_model, compute_loss, get_experiment
+from replay_overshooting.training import build_model, compute_loss, get_experiment, train
 
 FULL_WEIGHTS = 10**6  # an iteration past the replay burn-in and the KL annealing
 DEFAULT_POINTS = ((16, 12), (16, 50), (256, 50), (1024, 50))
@@ -129,6 +133,22 @@ def check_graph_against_eager(device) -> float:
     return max(diffs)
 
 
+def time_training(iterations: int) -> None:
+    "`train` of the push DT-EKF for `iterations`, eager and with `cuda_graph`: median seconds of the second half."
+    import tempfile
+    config = get_experiment("dt_ekf_push", device="cuda", max_iterations=iterations, burn_in=10, kl_anneal=10,
+                            ramp=None, batch_size=16, checkpoint_every=10**6)
+    data = push_shaped(256, 50)
+    for graph in (False, True):
+        with tempfile.TemporaryDirectory() as run_dir:
+            history = train(config.replace(cuda_graph=graph), progress=False, dataset=data, run_dir=run_dir).history
+        seconds = [row["seconds"] for row in history[iterations // 2:]]
+        print(json.dumps({"experiment": config.name, "device": "cuda", "mode": "train, cuda_graph" if graph else
+                          "train, eager", "batch": 16, "window": 50, "iterations": iterations,
+                          "median_s": round(statistics.median(seconds), 5),
+                          "final_loss": round(history[-1]["loss"], 6)}), flush=True)
+
+
 def triangular_cholesky_solve(B, L, upper=False):
     "`torch.cholesky_solve(B, L)` (lower `L`) as two batched triangular solves, which a CUDA graph can capture."
     if upper:
@@ -141,6 +161,7 @@ def main():
     parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
     parser.add_argument("--points", nargs="+", default=[f"{b},{t}" for b, t in DEFAULT_POINTS], metavar="B,T")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--train-iterations", type=int, default=0, help="also time N iterations of `train`")
     parser.add_argument("--linalg", choices=("default", "cusolver", "magma"), default="default",
                         help="torch.backends.cuda.preferred_linalg_library")
     parser.add_argument("--solve", choices=("cholesky_solve", "triangular"), default="cholesky_solve",
@@ -186,6 +207,8 @@ def main():
                                   "max_rel_diff": check_graph_against_eager(device)}), flush=True)
             except Exception as error:  # report and go on to the timings
                 print(json.dumps({"check": "cuda_graph against eager", "error": repr(error)[:500]}), flush=True)
+            if args.train_iterations:
+                time_training(args.train_iterations)
             for batch, window in points:
                 time_graph(config, device, batch, window, args.repeats, linalg=args.linalg, solve=args.solve)
 

@@ -17,7 +17,7 @@ from torch.func import jacrev, vmap
 from .backends import native_extension, resolve_backend
 from .protocols import FilterResult, HasValueAndJacobian, PredictResult, PropagatesBelief, RunsRecursions, SmootherResult
 from .gaussian import (
-    NotPositiveDefiniteError, _log_density, _solve, identity, mvn_log_prob, psd_cholesky, symmetrize)
+    NotPositiveDefiniteError, _log_density, _solve, factor_solve, identity, mvn_log_prob, psd_cholesky, symmetrize)
 
 # %% ../nbs/01_ekf.ipynb
 def dynamics_and_jacobian(
@@ -154,7 +154,7 @@ def _kalman_update(mean, cov, y_pred, C, R, y, robust):
     else:
         L, info = torch.linalg.cholesky_ex(S)
     resid = y - y_pred
-    Kt, s = torch.cholesky_solve(torch.cat([CP, resid.unsqueeze(-1)], -1), L).tensor_split([CP.shape[-1]], -1)
+    Kt, s = factor_solve(torch.cat([CP, resid.unsqueeze(-1)], -1), L).tensor_split([CP.shape[-1]], -1)
     Kt = Kt.contiguous()  # a column slice; batched products are slower on it at large batch
     gain_step = torch.bmm(s.mT, CP)  # (K r)ᵀ = rᵀ S⁻¹ C Σ, (B,1,n)
     new_mean = mean + gain_step.squeeze(1)

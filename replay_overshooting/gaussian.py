@@ -4,7 +4,8 @@
 
 # %% auto 0
 __all__ = ['constant', 'identity', 'symmetrize', 'CholeskyJitterWarning', 'NotPositiveDefiniteError', 'psd_cholesky',
-           'positive_definite', 'psd_solve', 'mvn_log_prob', 'mvn_kl', 'mvn_sample']
+           'positive_definite', 'capturing', 'factor_solve', 'factor_inverse', 'psd_solve', 'mvn_log_prob', 'mvn_kl',
+           'mvn_sample']
 
 # %% ../nbs/00_gaussian.ipynb
 import functools
@@ -88,22 +89,47 @@ def _native_loops(path: str, L: torch.Tensor):
     return loops if loops is not None and L.shape[-1] <= loops.loop_state_limit else None
 
 
+def capturing(x: torch.Tensor) -> bool:
+    "Whether `x` is a CUDA tensor and a CUDA graph is being captured on the current stream."
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def factor_solve(
+    B: torch.Tensor,  # right-hand sides `(..., n, k)`
+    L: torch.Tensor,  # lower Cholesky factors `(..., n, n)`
+) -> torch.Tensor:  # `(LLᵀ)⁻¹ B`, `(..., n, k)`
+    """`torch.cholesky_solve(B, L)`; while a CUDA graph is captured, the same forward and back substitution as two
+    triangular solves (torch hands small batched solves on CUDA to MAGMA, which a graph cannot capture)."""
+    if capturing(B):
+        forward = torch.linalg.solve_triangular(L, B, upper=False)
+        return torch.linalg.solve_triangular(L.mT, forward, upper=True)
+    return torch.cholesky_solve(B, L)
+
+
+def factor_inverse(L: torch.Tensor) -> torch.Tensor:  # `(LLᵀ)⁻¹` `(..., n, n)` of lower factors `(..., n, n)`
+    "`torch.cholesky_inverse(L)`; while a CUDA graph is captured, `factor_solve` of the identity."
+    if capturing(L):
+        eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)  # made in the graph, not cached outside it
+        return factor_solve(eye.expand(L.shape), L)
+    return torch.cholesky_inverse(L)
+
+
 def _cholesky_solve(
     B: torch.Tensor,  # right-hand sides `(..., n, k)`
     L: torch.Tensor,  # lower Cholesky factors `(..., n, n)`, same batch shape
-    loops,  # the C++ loops (`_native_loops`), or None for `torch.cholesky_solve`
+    loops,  # the C++ loops (`_native_loops`), or None for `factor_solve`
 ) -> torch.Tensor:  # `(LLᵀ)⁻¹ B`, `(..., n, k)`
-    "`torch.cholesky_solve(B, L)`, or the C++ loops' small solves."
+    "`factor_solve(B, L)`, or the C++ loops' small solves."
     if loops is None or B.shape[:-2] != L.shape[:-2]:
-        return torch.cholesky_solve(B, L)
+        return factor_solve(B, L)
     flat = loops.small_cholesky_solve(B.reshape(-1, *B.shape[-2:]), L.reshape(-1, *L.shape[-2:]))
     return flat.view(B.shape)
 
 
 def _cholesky_inverse(L: torch.Tensor, loops) -> torch.Tensor:  # `(LLᵀ)⁻¹` `(..., n, n)` of factors `(..., n, n)`
-    "`torch.cholesky_inverse(L)` for batches, or `_cholesky_solve` of the identity in the C++ loops."
+    "`factor_inverse(L)` for batches, or `_cholesky_solve` of the identity in the C++ loops."
     if loops is None:
-        return torch.cholesky_inverse(L)
+        return factor_inverse(L)
     return _cholesky_solve(torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape), L, loops)
 
 
@@ -135,7 +161,7 @@ def _solve(
     "`A⁻¹B`: the plain `cholesky_solve` (reference path), or `_SPDSolve` (fused and native)."
     path = resolve_backend(backend, B)
     if path == "reference":
-        return torch.cholesky_solve(B, factorise(A))
+        return factor_solve(B, factorise(A))
     L = factorise(A.detach())
     A, B, L = _common_batch((A, 2), (B, 2), (L, 2))
     return _SPDSolve.apply(A, B, L, _native_loops(path, L))

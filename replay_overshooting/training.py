@@ -6,7 +6,7 @@
 __all__ = ['LR_SCHEDULES', 'AUTO_CUDA_MIN_BATCH', 'MODEL_KINDS', 'EXPERIMENTS', 'DATASET_EXPERIMENTS', 'MANIFEST', 'unknown_name',
            'learning_rate', 'window_length', 'ExperimentConfig', 'yaml_dump', 'resolve_device', 'ModelKind',
            'build_model', 'compute_loss', 'schedule_iteration', 'experiment_for_dataset', 'get_experiment',
-           'TrainResult', 'RunDamagedError', 'TrainingDivergedError', 'train', 'load_run']
+           'TrainResult', 'RunDamagedError', 'TrainingDivergedError', 'train', 'load_run', 'StepGradients']
 
 # %% ../nbs/08_training.ipynb
 import contextlib
@@ -89,6 +89,7 @@ class ExperimentConfig:
     ramp: int | None = None  # curriculum: window length min(i // ramp + 2, T); None = full windows
     window: int | None = None  # full training window T (default: the dataset's)
     autoencoder_pretrain: int = 0  # image EKF: iterations training encoder + decoder alone first, then fixed
+    cuda_graph: bool = False  # vector EKF on CUDA: replay each step as a CUDA graph once the loss weights settle
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when present, for batches of 64 or more), "cpu", "cuda", "cuda:1", ...
     dtype: str = "float32"  # "float32" or "float64"
@@ -117,6 +118,15 @@ class ExperimentConfig:
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
             raise ValueError(f"these settings must be positive: {bad}")
+        if self.cuda_graph and self.model != "ekf":
+            raise ValueError(f"cuda_graph replays steps of the vector EKF ('ekf'), not of {self.model!r}; "
+                             "set cuda_graph=False")
+        if self.cuda_graph and self.model_options.get("dynamics") == "continuous":
+            raise ValueError("cuda_graph cannot capture the adaptive ODE solver of continuous-time dynamics (its "
+                             "steps depend on the data); set cuda_graph=False")
+        if self.cuda_graph and self.device == "cpu":
+            raise ValueError("cuda_graph needs CUDA; set device='cuda' (or 'auto' on a machine with a GPU), or "
+                             "cuda_graph=False")
         if self.autoencoder_pretrain < 0:
             raise ValueError(f"autoencoder_pretrain must not be negative, got {self.autoencoder_pretrain}")
         if self.autoencoder_pretrain and self.model != "image_ekf":
@@ -646,6 +656,10 @@ def train(
         raise ValueError("resume=True continues a run and restart=True starts it afresh; pass one of them")
     run_dir = Path(run_dir) if run_dir is not None else Path(config.out_dir) / config.name
     on_cpu = resolve_device(config.device, _step_batch(config, seeds)).type == "cpu"
+    if config.cuda_graph and (on_cpu or seeds is not None):
+        raise ValueError("cuda_graph trains one run on CUDA: " + (
+            "pass one seed in the config instead of seeds=..." if seeds is not None else
+            f"device {config.device!r} resolved to the CPU here; pass device='cuda' on a machine with a GPU"))
     previous_threads = torch.get_num_threads()
     if on_cpu:
         if hold_freed_memory:
@@ -690,8 +704,10 @@ def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
     if seeds is not None:
         return _train_seeds(config, _checked_seeds(seeds), resume=resume, progress=progress, callback=callback,
                             dataset=dataset, run_dir=run_dir)
-    device = resolve_device(config.device, config.batch_size)
+    device = resolve_device(config.device, _step_batch(config, None))
     rank, world = _distributed(device)
+    if config.cuda_graph and world > 1:
+        raise ValueError("cuda_graph trains in one process; run it without torchrun, or set cuda_graph=False")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
     dtype = getattr(torch, config.dtype)
@@ -725,6 +741,7 @@ def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
         run_dir.mkdir(parents=True, exist_ok=True)
         _save_run_config(config, dataset, run_dir)
     log = _RunLog(run_dir, rows, tensorboard=config.tensorboard, callback=callback, write=rank == 0)
+    gradients = StepGradients(loss_module, model, config)
 
     def save_checkpoint(next_iteration):
         if rank == 0:
@@ -744,14 +761,10 @@ def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
         u = batch["u"].to(device=device, dtype=dtype) if dataset.ctrl_dim else None
         lr = _scheduled_learning_rate(optimizer, config, iteration)
         try:
-            loss, parts = loss_module(y, u, iteration)
+            loss, parts, grad_norm = gradients(y, u, iteration)
         except NotPositiveDefiniteError as error:
             raise TrainingDivergedError(_divergence(run_dir, iteration, lr, f"the filter failed: {error}",
                                                     last_checkpoint)) from error
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = config.grad_clip if config.grad_clip is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             raise TrainingDivergedError(_divergence(
                 run_dir, iteration, lr, f"the loss is {loss.item()} and the gradient norm {grad_norm.item()}",
@@ -775,8 +788,11 @@ def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
     return TrainResult(model, log.history, run_dir)
 
 # %% ../nbs/08_training.ipynb
-def _step_batch(config, seeds) -> int:
-    "Sequences one training step takes: the batch, times the seeds where they train together under `vmap`."
+def _step_batch(config, seeds) -> int | None:
+    """Sequences one training step takes: the batch, times the seeds where they train together under `vmap`; None
+    (any size) with `cuda_graph`, which pays on CUDA at every size."""
+    if config.cuda_graph:
+        return None
     together = seeds is not None and MODEL_KINDS[config.model].vectorisable(config)
     return config.batch_size * (len(seeds) if together else 1)
 
@@ -827,6 +843,69 @@ def load_run(
         state = _load_verified(run_dir / "checkpoint.pt", device, weights_only=False)["model"]
     model.load_state_dict(state)
     return model.eval(), config, test
+
+# %% ../nbs/08_training.ipynb
+class StepGradients:
+    """One training iteration's loss `()`, its named parts and the clipped global gradient norm `()`, with the
+    gradients left in the parameters' `.grad`: computed eagerly, or with `config.cuda_graph` replayed from a CUDA
+    graph of the step (one per batch shape) once the objective's replay and KL weights have reached 1."""
+
+    def __init__(self, loss_module: nn.Module, model: nn.Module, config: ExperimentConfig):
+        self.loss_module, self.model, self.config = loss_module, model, config
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.clip = config.grad_clip if config.grad_clip is not None else float("inf")
+        self.settled = max(config.burn_in, config.kl_anneal) if config.cuda_graph else None
+        self.graphs = {}  # (y shape, u shape) -> the captured step and its static tensors
+
+    def __call__(self, y: torch.Tensor, u: torch.Tensor | None, iteration: int) -> tuple:
+        if self.settled is not None and schedule_iteration(self.config, iteration) >= self.settled:
+            loss, parts, grad_norm = self._replay(y, u, iteration)
+            if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+                return loss, parts, grad_norm
+        return self._eager(y, u, iteration)
+
+    def _eager(self, y, u, iteration):
+        loss, parts = self.loss_module(y, u, iteration)
+        for p in self.params:  # the graphs write into these gradient tensors: zero them in place, once there are any
+            if self.graphs:
+                p.grad.zero_()
+            else:
+                p.grad = None
+        loss.backward()  # then free the autograd graph: a capture needs none of its nodes alive on another stream
+        return loss.detach(), parts, torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+
+    def _replay(self, y, u, iteration):
+        key = (tuple(y.shape), None if u is None else tuple(u.shape))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(y, u, iteration)
+        step = self.graphs[key]
+        step["y"].copy_(y)
+        if u is not None:
+            step["u"].copy_(u)
+        step["graph"].replay()
+        return step["loss"], step["parts"], step["grad_norm"]
+
+    def _capture(self, y, u, iteration):
+        "Record loss, backward and clipping on static copies of `y` and `u`, after two warm-up passes."
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        static_y, static_u = y.clone(), None if u is None else u.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: workspaces and cached constants; the weights are not touched
+            for _ in range(2):
+                compute_loss(self.model, self.config, static_y, static_u, iteration, checked=False)[0].backward()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for p in self.params:
+                p.grad.zero_()
+            loss, parts = compute_loss(self.model, self.config, static_y, static_u, iteration, checked=False)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        return {"graph": graph, "y": static_y, "u": static_u, "loss": loss.detach(), "parts": parts,
+                "grad_norm": grad_norm}
 
 # %% ../nbs/08_training.ipynb
 def _checked_seeds(seeds) -> list[int]:

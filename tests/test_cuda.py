@@ -139,3 +139,45 @@ def test_the_fused_backend_on_cuda_matches_the_reference_path():
     torch.testing.assert_close(fused_loss, reference_loss, rtol=1e-10, atol=0)
     for a, b in zip(fused_grads, reference_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+def test_factor_solves_captured_in_a_graph_equal_the_plain_ones():
+    from replay_overshooting.gaussian import factor_inverse, factor_solve
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(50, 4, 4, generator=g, dtype=torch.float64)
+    L = torch.linalg.cholesky(A @ A.mT + 0.5 * torch.eye(4, dtype=torch.float64)).to(CUDA)
+    B = torch.randn(50, 4, 3, generator=g, dtype=torch.float64).to(CUDA)
+    factor_solve(B, L), factor_inverse(L)  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        solved, inverse = factor_solve(B, L), factor_inverse(L)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(solved, torch.cholesky_solve(B, L), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(inverse, torch.cholesky_inverse(L), rtol=1e-12, atol=1e-12)
+
+
+GRAPH_CASES = ["dt_ekf_push", "sro_dt_ekf_push", "s_ekf_dt_ekf_push", "dt_ekf_push_nop", "le_ekf_push", "example"]
+
+
+@pytest.mark.parametrize("name", GRAPH_CASES)
+def test_cuda_graph_training_follows_the_eager_run(name, tmp_path, monkeypatch):
+    """Every objective and discrete dynamics that `cuda_graph` can select: the same loss curve as the eager run in
+    float64, through the eager iterations before the weights settle and several windows' graphs after."""
+    import replay_overshooting.training as training
+    config = EXPERIMENTS[name].replace(
+        max_iterations=14, burn_in=2, kl_anneal=3, ramp=3, batch_size=4, dtype="float64", device="cuda",
+        checkpoint_every=100)
+    if config.model_options.get("dynamics") == "ensemble":
+        config = config.replace(model_options={**config.model_options, "ensemble_size": 10})
+    dataset = random_data(config, num_sequences=8, steps=10)
+    eager = train(config, progress=False, dataset=dataset, run_dir=tmp_path / "eager")
+    captures = []
+    capture = training.StepGradients._capture
+    monkeypatch.setattr(training.StepGradients, "_capture",
+                        lambda self, y, u, i: captures.append(tuple(y.shape)) or capture(self, y, u, i))
+    graphed = train(config.replace(cuda_graph=True), progress=False, dataset=dataset, run_dir=tmp_path / "graph")
+    assert len(captures) >= 2, captures  # several window lengths after iteration 3
+    for key in ("loss", "grad_norm"):
+        torch.testing.assert_close(torch.tensor([r[key] for r in graphed.history]),
+                                   torch.tensor([r[key] for r in eager.history]), rtol=1e-9, atol=0)
