@@ -96,12 +96,16 @@ def apply_flat(module: nn.Module, x: torch.Tensor, *, event_dims: int = 1) -> to
 class VectorObservations(nn.Module):
     "MLP encoder `y -> e` and Gaussian decoder `features -> N(m(features), diag σ²)` with learned `σ`."
 
-    def __init__(self, *, obs_dim: int, feature_dim: int, embed_dim: int, hidden_dim: int, obs_min_std: float = 1e-4):
+    def __init__(self, *, obs_dim: int, feature_dim: int, embed_dim: int, hidden_dim: int, obs_min_std: float = 1e-4,
+                 obs_init_std: float = 1.0):
         super().__init__()
+        if not obs_init_std > 0:
+            raise ValueError(f"obs_init_std must be positive, got {obs_init_std!r}")
         self.obs_dim, self.obs_min_std = obs_dim, obs_min_std
         self.encoder = mlp(obs_dim, hidden_dim, embed_dim, layers=1)
         self.decoder = mlp(feature_dim, hidden_dim, obs_dim)
-        self.raw_std = nn.Parameter(torch.full((obs_dim,), math.log(math.e - 1)))  # softplus⁻¹(1)
+        # softplus⁻¹(obs_init_std): the noise std starts at obs_init_std + obs_min_std
+        self.raw_std = nn.Parameter(torch.full((obs_dim,), math.log(math.expm1(obs_init_std))))
 
     def check(self, y: torch.Tensor) -> None:
         "Raise `ValueError` unless `y` is a float tensor `(B, T, obs_dim)`."
@@ -260,12 +264,18 @@ RECURRENCES = ("hoisted", "plain")
 
 def observation_model(
     *, obs_dim: int | None, image_size: int | None, feature_dim: int, embed_dim: int, hidden_dim: int, channels: int,
+    obs_init_std: float = 1.0,
 ) -> nn.Module:
-    "`VectorObservations` for `obs_dim`, or `ImageObservations` for square frames of `image_size`; exactly one is given."
+    """`VectorObservations` for `obs_dim` (its noise std starting at `obs_init_std`), or `ImageObservations` for square
+    frames of `image_size`; exactly one is given."""
     if (obs_dim is None) == (image_size is None):
         raise ValueError("give exactly one of obs_dim (vector observations) and image_size (square grey frames)")
     if obs_dim is not None:
-        return VectorObservations(obs_dim=obs_dim, feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim)
+        return VectorObservations(obs_dim=obs_dim, feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim,
+                                  obs_init_std=obs_init_std)
+    if obs_init_std != 1.0:
+        raise ValueError("obs_init_std sets the noise of vector observations; image frames have a categorical "
+                         "likelihood without one: leave it at 1.0")
     return ImageObservations(image_size=image_size, feature_dim=feature_dim, embed_dim=embed_dim, channels=channels)
 
 # %% ../nbs/07_baselines.ipynb
@@ -289,6 +299,7 @@ class RSSM(nn.Module):
         free_nats: float = 0.0,  # λ: KL terms below this many nats are not penalised
         state_min_std: float = 0.1,  # floor of the prior and posterior std of s_t
         recurrence: str = "hoisted",  # "hoisted" (`rssm_filter_hoisted`) or "plain" (`rssm_filter`), the same path
+        obs_init_std: float = 1.0,  # vector observations: the decoder's noise std at initialisation
     ):
         super().__init__()
         if overshoot not in OVERSHOOTING:
@@ -303,7 +314,7 @@ class RSSM(nn.Module):
         self.free_nats, self.state_min_std = free_nats, state_min_std
         self.observations = observation_model(
             obs_dim=obs_dim, image_size=image_size, feature_dim=deterministic_dim + latent_dim,
-            embed_dim=embed_dim, hidden_dim=hidden_dim, channels=channels)
+            embed_dim=embed_dim, hidden_dim=hidden_dim, channels=channels, obs_init_std=obs_init_std)
         self.transition_input = nn.Sequential(nn.Linear(latent_dim + ctrl_dim, hidden_dim), nn.ELU())
         self.gru = nn.GRUCell(hidden_dim, deterministic_dim)
         self.prior_net = mlp(deterministic_dim, hidden_dim, 2 * latent_dim, layers=1)
@@ -515,12 +526,13 @@ class GSSM(nn.Module):
         embed_dim: int = 16,  # observation embedding e_t
         channels: int = 16,  # first conv layer's channels (images only)
         state_min_std: float = 0.01,  # floor of the transition and posterior std of z_t
+        obs_init_std: float = 1.0,  # vector observations: the decoder's noise std at initialisation
     ):
         super().__init__()
         self.ctrl_dim, self.latent_dim, self.state_min_std = ctrl_dim, latent_dim, state_min_std
         self.observations = observation_model(
             obs_dim=obs_dim, image_size=image_size, feature_dim=latent_dim, embed_dim=embed_dim,
-            hidden_dim=hidden_dim, channels=channels)
+            hidden_dim=hidden_dim, channels=channels, obs_init_std=obs_init_std)
         self.transition_net = mlp(latent_dim + ctrl_dim, hidden_dim, 2 * latent_dim)
         self.initial_mean = nn.Parameter(torch.zeros(latent_dim))
         self.initial_raw_std = nn.Parameter(torch.full((latent_dim,), math.log(math.e - 1)))  # softplus⁻¹(1)
