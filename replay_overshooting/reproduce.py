@@ -214,7 +214,7 @@ STUDIES = {study.name: study for study in (
                "The paper's push VRO row is compared with our LRO run (latent replay targets), "
                "which is what the paper's code trains on push.",
                "CT-EKF is left out: in float32 it diverged within 50 iterations in every seed of `push_sim`.",
-               "The last row is not the registered model: it adds the paper code's `1e-3·I` to the covariances "
+               "The row 'the paper code's 1e-3 covariance regulariser' is not the registered model: it adds the paper code's `1e-3·I` to the covariances "
                "(`cov_regularizer`, `01_ekf`), to ask whether that is what keeps LRO from diverging there: "
                "without it both seeds stopped within 101 iterations, when a covariance lost positive "
                "definiteness.",

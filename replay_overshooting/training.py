@@ -655,6 +655,7 @@ def train(
     if resume and restart:
         raise ValueError("resume=True continues a run and restart=True starts it afresh; pass one of them")
     run_dir = Path(run_dir) if run_dir is not None else Path(config.out_dir) / config.name
+    seeds = None if seeds is None else _checked_seeds(seeds)
     on_cpu = resolve_device(config.device, _step_batch(config, seeds)).type == "cpu"
     if config.cuda_graph and (on_cpu or seeds is not None):
         raise ValueError("cuda_graph trains one run on CUDA: " + (
