@@ -7,6 +7,8 @@ A graph replays the kernels one step launched, so it removes the launch and Pyth
 models slower on a GPU than on one CPU core. What a graph fixes when it is captured: the shapes (one graph per
 curriculum window), and every Python number the step reads, here the objective's burn-in and KL weights (the step
 is timed at full weights, past both warm-ups, as the other benchmarks time it). Adam runs with `capturable=True`.
+While a graph is captured, the library's Cholesky solves run as two triangular solves (`gaussian.factor_solve`),
+since MAGMA's batched `cholesky_solve` cannot be captured.
 Before timing, the script checks the graph against eager steps on the same data from the same weights, with the
 S-EKF objective (no sampling): the largest relative difference of the losses of 5 steps and of the weights after
 them (`max_rel_diff`).
@@ -149,13 +151,6 @@ def time_training(iterations: int) -> None:
                           "final_loss": round(history[-1]["loss"], 6)}), flush=True)
 
 
-def triangular_cholesky_solve(B, L, upper=False):
-    "`torch.cholesky_solve(B, L)` (lower `L`) as two batched triangular solves, which a CUDA graph can capture."
-    if upper:
-        L = L.mT
-    return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"])
@@ -164,16 +159,9 @@ def main():
     parser.add_argument("--train-iterations", type=int, default=0, help="also time N iterations of `train`")
     parser.add_argument("--linalg", choices=("default", "cusolver", "magma"), default="default",
                         help="torch.backends.cuda.preferred_linalg_library")
-    parser.add_argument("--solve", choices=("cholesky_solve", "triangular"), default="cholesky_solve",
-                        help="triangular: replace torch.cholesky_solve and torch.cholesky_inverse by triangular "
-                             "solves in this process (MAGMA's batched solves cannot be captured)")
     args = parser.parse_args()
     if args.linalg != "default":
         torch.backends.cuda.preferred_linalg_library(args.linalg)
-    if args.solve == "triangular":
-        torch.cholesky_solve = triangular_cholesky_solve
-        torch.cholesky_inverse = lambda L, upper=False: triangular_cholesky_solve(
-            torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape), L, upper)
     points = [tuple(int(v) for v in point.split(",")) for point in args.points]
     for name in args.devices:
         device = torch.device(name)
@@ -199,8 +187,8 @@ def main():
             synchronise()
             median, low, high = timed(lambda: eager_step(model, optimizer, config, y, u), repeats, synchronise)
             print(json.dumps({"experiment": config.name, "device": name, "batch": batch, "window": window,
-                              "mode": "eager", "linalg": args.linalg, "solve": args.solve, "median_s": round(median, 5), "min_s": round(low, 5),
-                              "max_s": round(high, 5)}), flush=True)
+                              "mode": "eager", "linalg": args.linalg, "median_s": round(median, 5),
+                              "min_s": round(low, 5), "max_s": round(high, 5)}), flush=True)
         if device.type == "cuda":  # after every eager point: a failed capture can leave the stream unusable
             try:
                 print(json.dumps({"check": "cuda_graph against eager, 5 S-EKF steps",
@@ -210,7 +198,7 @@ def main():
             if args.train_iterations:
                 time_training(args.train_iterations)
             for batch, window in points:
-                time_graph(config, device, batch, window, args.repeats, linalg=args.linalg, solve=args.solve)
+                time_graph(config, device, batch, window, args.repeats, linalg=args.linalg)
 
 
 def time_graph(config, device, batch, window, repeats, **settings):
@@ -230,11 +218,13 @@ def time_graph(config, device, batch, window, repeats, **settings):
         static_y.copy_(y)
         static_u.copy_(u)
         replay()
+
     graph_step()
     torch.cuda.synchronize()
     median, low, high = timed(graph_step, repeats, torch.cuda.synchronize)
     print(json.dumps({**common, "median_s": round(median, 5), "min_s": round(low, 5), "max_s": round(high, 5),
                       "capture_s": round(capture_s, 3)}), flush=True)
+
 
 if __name__ == "__main__":
     main()

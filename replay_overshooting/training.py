@@ -5,8 +5,9 @@
 # %% auto 0
 __all__ = ['LR_SCHEDULES', 'AUTO_CUDA_MIN_BATCH', 'MODEL_KINDS', 'EXPERIMENTS', 'DATASET_EXPERIMENTS', 'MANIFEST', 'unknown_name',
            'learning_rate', 'window_length', 'ExperimentConfig', 'yaml_dump', 'resolve_device', 'ModelKind',
-           'build_model', 'compute_loss', 'schedule_iteration', 'experiment_for_dataset', 'get_experiment',
-           'TrainResult', 'RunDamagedError', 'TrainingDivergedError', 'train', 'load_run', 'StepGradients']
+           'build_model', 'compute_loss', 'schedule_iteration', 'scheduled_window_and_lr', 'experiment_for_dataset',
+           'get_experiment', 'TrainResult', 'RunDamagedError', 'TrainingDivergedError', 'train', 'load_run',
+           'StepGradients']
 
 # %% ../nbs/08_training.ipynb
 import contextlib
@@ -305,6 +306,15 @@ def compute_loss(model: nn.Module, config: ExperimentConfig, y: torch.Tensor, u:
 def schedule_iteration(config: ExperimentConfig, iteration: int) -> int:
     "Where `iteration` stands in the configured schedules: `iteration - autoencoder_pretrain` (negative before)."
     return iteration - config.autoencoder_pretrain
+
+
+def scheduled_window_and_lr(config: ExperimentConfig, iteration: int, full_length: int) -> tuple[int, float]:
+    """`(window, lr)` at `iteration`: the curriculum's window and the learning-rate schedule's rate, or the full
+    window at the constant `config.lr` while the autoencoder pre-trains."""
+    step = schedule_iteration(config, iteration)
+    if step < 0:
+        return full_length, config.lr
+    return window_length(step, config.ramp, full_length), learning_rate(config.lr_schedule, config.lr, step)
 
 # %% ../nbs/08_training.ipynb
 def _ekf_push(name, objective, alpha, epochs, **model_options):
@@ -606,13 +616,9 @@ def _iteration_count(config, dataset) -> tuple[int, int]:
     return per_epoch, config.autoencoder_pretrain + scheduled
 
 
-def _scheduled_learning_rate(optimizer, config, iteration: int) -> float:
-    "Set the optimiser's learning rate to the schedule's at `iteration` (`lr` while the autoencoder pre-trains)."
-    step = schedule_iteration(config, iteration)
-    lr = learning_rate(config.lr_schedule, config.lr, step) if step >= 0 else config.lr
+def _set_learning_rate(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-    return lr
 
 
 def _progress_bar(progress: bool, total: int, start: int, description: str):
@@ -755,12 +761,11 @@ def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
     for iteration in range(start, total):
         tic = time.perf_counter()
         epoch = iteration // per_epoch
-        step = schedule_iteration(config, iteration)
-        length = window_length(step, config.ramp, full_length) if step >= 0 else full_length
+        length, lr = scheduled_window_and_lr(config, iteration, full_length)
         batch = _draw_batch(dataset, config, iteration, per_epoch, length, rank, world)
         y = batch["y"].to(device=device, dtype=dtype)
         u = batch["u"].to(device=device, dtype=dtype) if dataset.ctrl_dim else None
-        lr = _scheduled_learning_rate(optimizer, config, iteration)
+        _set_learning_rate(optimizer, lr)
         try:
             loss, parts, grad_norm = gradients(y, u, iteration)
         except NotPositiveDefiniteError as error:
@@ -1050,11 +1055,11 @@ def _train_vectorised(configs, run_dirs, *, resume, progress, callbacks, dataset
     bar = _progress_bar(progress, total, start, f"{config.name} x{len(configs)} seeds")
     for iteration in range(start, total):
         tic = time.perf_counter()
-        length = window_length(iteration, config.ramp, full_length)
+        length, lr = scheduled_window_and_lr(config, iteration, full_length)
         batches = [_draw_batch(dataset, c, iteration, per_epoch, length) for c in configs]
         y = torch.stack([batch["y"] for batch in batches]).to(device=device, dtype=dtype)
         u = torch.stack([batch["u"] for batch in batches]).to(device=device, dtype=dtype) if dataset.ctrl_dim else None
-        lr = _scheduled_learning_rate(optimizer, config, iteration)
+        _set_learning_rate(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
         try:
             losses, parts = _stacked_losses(base, params, buffers, y, u, iteration)
