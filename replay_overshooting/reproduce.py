@@ -194,7 +194,10 @@ STUDIES = {study.name: study for study in (
         notes=(_PUSH_NOTE, "Under a cap on iterations the curriculum min(i // 200 + 2, 50) stops early: after "
                "2,000 iterations the training windows are 12 steps long, not the paper's 50.",
                "The paper's push VRO row is compared with our LRO run (latent replay targets), "
-               "which is what the paper's code trains on push.",
+               "which is what the paper's code trains on push. Without the paper code's 1e-3 covariance "
+               "regulariser LRO has a free direction, shrinking the latent space, which its loss rewards until "
+               "a covariance factorisation fails (`04_objectives`; the `push_sim_long` study has a row with "
+               "the regulariser).",
                "CT-EKF diverged in float32 in every seed, within the first 50 iterations: the filter's covariance "
                "stopped being positive definite. In float64 a probe trained 300 iterations without failing, but "
                "each took 2-3 s as the learned dynamics grew stiff, beyond this study's budget.")),
@@ -217,7 +220,10 @@ STUDIES = {study.name: study for study in (
                "The row 'the paper code's 1e-3 covariance regulariser' is not the registered model: it adds the paper code's `1e-3·I` to the covariances "
                "(`cov_regularizer`, `01_ekf`), to ask whether that is what keeps LRO from diverging there: "
                "without it both seeds stopped within 101 iterations, when a covariance lost positive "
-               "definiteness.",
+               "definiteness. The cause is LRO's own: its latent replay term gains n·log(1/s) when the latent "
+               "space shrinks by s, with every observation term unchanged (`04_objectives`), so training shrinks "
+               "the covariances until a factorisation fails (in float64, Q reached its 1e-6 floor by iteration "
+               "450). The regulariser bounds that gain; with it LRO trained to the end but forecast poorly.",
                "The rows 'observation noise starting at std 0.1' are not the registered baselines: their decoder's "
                "noise std starts at 0.1 (the EKF's R at initialisation) instead of 1 (`obs_init_std`, "
                "`07_baselines`). Under `lr5` Adam can move that parameter by about 1 in a whole run, so from 1 the "
