@@ -30,6 +30,8 @@ def _as_float_tensor(values, what: str) -> torch.Tensor:
 def _whitening(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-dimension mean and std over sequences and steps (std 1 for constant dimensions)."
     flat = values.flatten(0, -2)
+    if flat.shape[-1] == 0:  # no controls: nothing to whiten
+        return flat.new_zeros(0), flat.new_ones(0)
     std = flat.std(0, correction=0)
     return flat.mean(0), torch.where(std > 0, std, torch.ones_like(std))
 
