@@ -15,7 +15,9 @@ them (`max_rel_diff`).
 
 With `--train-iterations N` it also trains `dt_ekf_push` for N iterations through `train`, eagerly and with
 `cuda_graph=True` (loss weights settled after 10 iterations, full windows of T = 50, B = 16), and prints the median
-seconds per iteration of the second half of each run.
+seconds per iteration of the second half of each run. Their final losses are printed but not comparable: training
+on full windows from the first iteration is chaotic, so rounding differences grow about tenfold an iteration
+(`trajectory_divergence.py`); the check above compares five steps.
 
 Prints one JSON line per measurement: experiment, device, mode (eager or cuda_graph), batch B, window T,
 median/min/max seconds per step, and for graphs the capture's seconds.
