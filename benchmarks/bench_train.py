@@ -12,7 +12,8 @@ Prints one JSON line per measurement, then a table:
                                          evaluation;
   registered_*                           registered experiments as `train` runs them (their objective, clipping
                                          and Adam), from their initial weights on a small sample of their data:
-                                         the CT-EKF, PlaNet, PlaNet with observation overshooting and GSSM on
+                                         the CT-EKF (with torchdiffeq, and with `ode_integrator=
+                                         "dormand_prince"`), PlaNet, PlaNet with observation overshooting and GSSM on
                                          push_sim, and the image EKF and PlaNet on pendulum images; each line
                                          names the experiment, the data and the batch, and, where it was
                                          measured, the paper's code's time (`paper_code_s`) and the speed-up;
@@ -102,8 +103,11 @@ def measure(name, cfg, *, repeats, warmup=3, with_ops=True, reference=None, **mo
 
 
 PUSH_SAMPLE = {"num_trajectories": 80, "num_eval": 8}  # push_sim: MIT Push's layout and sizes, fewer pushes
-REGISTERED = {  # line → (registered experiment, the data set it trains on here, a small sample of that data)
+REGISTERED = {  # line → (registered experiment, the data set it trains on here, a small sample of that data[,
+    #                  model options changed])
     "registered_ct_ekf_push": ("ct_ekf_push", "push_sim", PUSH_SAMPLE),
+    "registered_ct_ekf_push_dormand_prince": ("ct_ekf_push", "push_sim", PUSH_SAMPLE,
+                                              {"ode_integrator": "dormand_prince"}),
     "registered_planet_push": ("planet_push", "push_sim", PUSH_SAMPLE),
     "registered_oo_planet_push": ("oo_planet_push", "push_sim", PUSH_SAMPLE),
     "registered_gssm_push": ("gssm_push", "push_sim", PUSH_SAMPLE),
@@ -116,8 +120,10 @@ def measure_registered(name, *, repeats, warmup=2):
     """Time one iteration of a registered experiment as `train` runs it: its model and objective at full weights,
     backward, gradient clipping and Adam, on a batch of full-length windows of its data set (a small sample).
     Prints its JSON line, with the experiment, data and, for an adaptive solver, its work; returns a table row."""
-    experiment, dataset_name, options = REGISTERED[name]
+    experiment, dataset_name, options, *changed = REGISTERED[name]
     config = get_experiment(experiment, dataset=dataset_name, dataset_options=options, device="cpu")
+    if changed:
+        config = config.replace(model_options={**config.model_options, **changed[0]})
     dataset, length = _training_data(config, None)
     torch.manual_seed(config.seed)
     model = build_model(config, dataset)
@@ -137,7 +143,8 @@ def measure_registered(name, *, repeats, warmup=2):
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
     med, lo, hi = time_it(step, warmup=warmup, repeats=repeats)
-    extra = {"experiment": experiment, "data": f"{dataset_name} {options}", "batch": tuple(y.shape),
+    extra = {"experiment": experiment, **({"model_options_changed": changed[0]} if changed else {}),
+             "data": f"{dataset_name} {options}", "batch": tuple(y.shape),
              "parameters": sum(p.numel() for p in model.parameters())}
     dynamics = getattr(model, "dynamics", None) or getattr(getattr(model, "ekf", None), "dynamics", None)
     # the C++ recursions serve the discrete-time and ensemble EKFs, not the baselines or continuous time
@@ -147,7 +154,7 @@ def measure_registered(name, *, repeats, warmup=2):
         dynamics.function_evaluations = 0
         step()
         extra.update(nfe=dynamics.function_evaluations, ms_per_evaluation=round(1e3 * med / dynamics.function_evaluations, 3),
-                     method=dynamics.method, rtol=dynamics.rtol, atol=dynamics.atol)
+                     method=dynamics.method, rtol=dynamics.rtol, atol=dynamics.atol, integrator=dynamics.integrator)
     paper = PAPER_CODE_SECONDS.get(experiment)
     if paper:
         extra.update(paper_code_s=paper, speedup=round(paper / med, 2))

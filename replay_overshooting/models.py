@@ -757,6 +757,7 @@ class EKFModel(nn.Module):
         rtol: float = 1e-7,
         atol: float = 1e-9,
         ode_options: dict | None = None,  # torchdiffeq solver options, e.g. `{"step_size": dt}` for method "rk4"
+        ode_integrator: str = "torchdiffeq",  # `continuous.INTEGRATORS`: torchdiffeq, or our `dormand_prince` (dopri5)
         cov_regularizer: float = 0.0,  # ε of `ekf_filter`: 0 is the exact EKF; the paper's code used 1e-3
         backend: str | None = None,  # one of `BACKENDS` (`00b_backends`) for filtering, smoothing and prediction; None: the default
     ):
@@ -775,7 +776,7 @@ class EKFModel(nn.Module):
         elif dynamics == "continuous":
             field = MLP(latent_dim + ctrl_dim, latent_dim, layers=dynamics_layers, **mlp)
             self.dynamics = ContinuousDynamics(field, latent_dim, dt=dt, method=ode_method, rtol=rtol, atol=atol,
-                                               options=ode_options)
+                                               options=ode_options, integrator=ode_integrator)
         else:
             self.dynamics = LinearEnsembleDynamics(latent_dim, ctrl_dim, ensemble_size=ensemble_size,
                                                    activation=activation)
