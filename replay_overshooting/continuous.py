@@ -194,8 +194,9 @@ class ContinuousDynamics(nn.Module):
                           options=self.options)
         return tuple(s[-1] for s in solution)
 
-    def _integrate_flat(self, rhs, state):
-        "`_integrate` by `dormand_prince` on the state's tensors laid side by side as one `(B, N)` tensor."
+    def _integrate_flat(self, rhs, state, flat_field=None):
+        """`_integrate` by `dormand_prince` on the state's tensors laid side by side as one `(B, N)` tensor;
+        `flat_field(flat)`, where given, computes the whole derivative at once, or returns None to leave it to `rhs`."""
         B, shapes = state[0].shape[0], [s.shape[1:] for s in state]
         stops = torch.tensor([s[0].numel() for s in state]).cumsum(0).tolist()
         parts = list(zip([0] + stops[:-1], stops))
@@ -205,6 +206,9 @@ class ContinuousDynamics(nn.Module):
 
         def flat_rhs(flat):
             self.function_evaluations += 1
+            derivative = flat_field(flat) if flat_field is not None else None
+            if derivative is not None:
+                return derivative
             return torch.cat([d.reshape(B, -1) for d in rhs(split(flat))], 1)
         y0 = torch.cat([s.reshape(B, -1) for s in state], 1)
         return split(dormand_prince(flat_rhs, y0, self.dt, rtol=self.rtol, atol=self.atol, parts=parts,
@@ -255,7 +259,13 @@ class ContinuousDynamics(nn.Module):
             velocity, A = self._velocity(m, u, True, backend)
             AP = A @ P
             return velocity, AP + AP.mT + Q, A @ Phi
-        next_mean, next_cov, Phi = self._integrate(rhs, (mean, cov.expand(B, -1, -1), _identity_like(mean)))
+        state = (mean, cov.expand(B, -1, -1), _identity_like(mean))
+        if self.integrator == "dormand_prince" and hasattr(self.vector_field, "belief_field"):
+            batch_Q = Q.expand(B, -1, -1)
+            next_mean, next_cov, Phi = self._integrate_flat(
+                rhs, state, lambda flat: self.vector_field.belief_field(flat, u, batch_Q, backend=backend))
+        else:
+            next_mean, next_cov, Phi = self._integrate(rhs, state)
         return next_mean, symmetrize(next_cov), Phi
 
 # %% ../nbs/02_continuous.ipynb

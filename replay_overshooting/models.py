@@ -244,6 +244,23 @@ class _NativeMLPValueAndJacobian(torch.autograd.Function):
         return (g["x"], None, None, None, *g["weights"])
 
 
+class _NativeBeliefField(torch.autograd.Function):
+    """The continuous-time belief field of a flat state `Y = [μ, P, Φ]` `(B, n + 2n²)`,
+    `[f(μ, u), A P + (A P)ᵀ + Q, A Φ]` with `A = ∂f/∂μ`, in one C++ node (`02_continuous`)."""
+
+    @staticmethod
+    def forward(ctx, Y, u, Q, latent_dim, activation, beta, *params):
+        out, ctx.tape = native_extension().belief_field_forward(
+            Y, u, Q, list(params), _ACTIVATIONS.index(activation), float(beta), latent_dim)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        g = native_extension().belief_field_backward(ctx.tape, grad)
+        return (g["Y"], g["u"], g["Q"], None, None, None, *g["weights"])
+
+
 MLP_INITS = ("kaiming_fan_out", "pytorch")
 
 # %% ../nbs/03_models.ipynb
@@ -302,6 +319,20 @@ class MLP(nn.Module):
         node = _NativeMLPValueAndJacobian if path == "native" else _MLPValueAndJacobian
         return fused_or_plain(path, node, _value_and_jacobian, x, wrt, self.activation, self.beta,
                               *self.parameter_list())
+
+    def belief_field(
+        self,
+        Y: torch.Tensor,  # flat beliefs `[μ, P, Φ]` `(B, n + 2n²)`, `n` this network's output width
+        u: torch.Tensor | None,  # controls `(B, m)`, the rest of this network's input, or None
+        Q: torch.Tensor,  # process-noise density `(B, n, n)`
+        *,
+        backend: str | None = None,  # one of `BACKENDS` (`00b_backends`); None: the default
+    ) -> torch.Tensor | None:  # `[f(μ, u), A P + (A P)ᵀ + Q, A Φ]` `(B, n + 2n²)`, or None off the native backend
+        """As the network of a continuous-time model (`02_continuous`): the derivative of the flat belief in one C++
+        node, or None where the C++ loops do not run (another backend, a GPU, no compiler, inside `torch.func`)."""
+        if resolve_backend(backend, Y) != "native":
+            return None
+        return _NativeBeliefField.apply(Y, u, Q, self.out_dim, self.activation, self.beta, *self.parameter_list())
 
 # %% ../nbs/03_models.ipynb
 NOISE_STRUCTURES = ("factor_diagonal", "diagonal", "full")

@@ -327,3 +327,34 @@ def test_dormand_prince_trains_the_registered_ct_ekfs_as_torchdiffeq_does(experi
     assert len(fast_grads) == len(plain_grads)
     for fast, plain in zip(fast_grads, plain_grads):
         assert (fast - plain).norm() <= tol * plain.norm() + 1e-12, ((fast - plain).norm() / plain.norm()).item()
+
+
+@pytest.mark.parametrize("activation", ["softplus", "tanh", "relu"])
+@pytest.mark.parametrize("controls", [True, False])
+def test_belief_field_node_matches_the_field_in_parts(activation, controls):
+    """`integrator="dormand_prince"` with an `MLP` field computes the whole belief field in one C++ node
+    (`MLP.belief_field`) on the native backend, and in parts (value and Jacobian, then the products) on the
+    reference backend: the time update and all its gradients agree to rounding in float64."""
+    from replay_overshooting.backends import native_extension
+    from replay_overshooting.models import MLP
+    if native_extension() is None:
+        pytest.skip("the C++ extension is not built here")
+    torch.manual_seed(0)
+    n, m, batch = 4, 3 if controls else 0, 5
+    field = MLP(n + m, n, hidden=16, layers=2, activation=activation).double()
+    mean, cov = torch.randn(batch, n, **F64), random_spd(batch, n, n)
+    u, Q = (torch.randn(batch, m, **F64) if controls else None), random_spd(n, n, scale=0.05)
+    results = {}
+    for backend in ("native", "reference"):
+        dynamics = ContinuousDynamics(field, n, dt=0.3, integrator="dormand_prince")
+        leaves = [x.clone().requires_grad_() for x in (mean, cov, Q)] + ([u.clone().requires_grad_()] if controls else [])
+        field.zero_grad()
+        out = dynamics.propagate_belief(leaves[0], leaves[1], leaves[3] if controls else None, leaves[2],
+                                        backend=backend)
+        (out[0].sin().sum() + out[1].square().sum() + out[2].cos().sum()).backward()
+        results[backend] = ([o.detach() for o in out], [x.grad for x in leaves] + [p.grad.clone() for p in field.parameters()],
+                            dynamics.function_evaluations)
+    (fused, fused_grads, fused_count), (parts, part_grads, part_count) = results["native"], results["reference"]
+    assert fused_count == part_count
+    for got, expected in zip(fused + fused_grads, parts + part_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
