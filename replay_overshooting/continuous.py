@@ -6,6 +6,8 @@
 __all__ = ['INTEGRATORS', 'field_and_jacobian', 'dormand_prince', 'ContinuousDynamics']
 
 # %% ../nbs/02_continuous.ipynb
+import itertools
+
 import torch
 from torch import nn
 from torch.func import jacrev, vmap
@@ -198,7 +200,7 @@ class ContinuousDynamics(nn.Module):
         """`_integrate` by `dormand_prince` on the state's tensors laid side by side as one `(B, N)` tensor;
         `flat_field(flat)`, where given, computes the whole derivative at once, or returns None to leave it to `rhs`."""
         B, shapes = state[0].shape[0], [s.shape[1:] for s in state]
-        stops = torch.tensor([s[0].numel() for s in state]).cumsum(0).tolist()
+        stops = list(itertools.accumulate(s[0].numel() for s in state))
         parts = list(zip([0] + stops[:-1], stops))
 
         def split(flat):

@@ -1,7 +1,8 @@
-// The continuous-time belief field in one node (02_continuous, 'The field in one node'): for a flat state
-// Y = [μ, P, Φ] (B, n + 2n²), the derivatives [f(μ, u), A P + P Aᵀ + Q, A Φ] with A = ∂f/∂μ, and their backward.
+// The continuous-time belief field in one node (03a, 'The continuous-time belief field'): for a flat state
+// Y = [μ, P, Φ] (B, n + 2n²), the derivatives [f(μ, u), A P + (A P)ᵀ + Q, A Φ] with A = ∂f/∂μ, and their backward.
+// The n×n products are `steps.h`'s `product`.
 #pragma once
-#include "mlp.h"
+#include "steps.h"
 
 struct BeliefFieldTape {
   MLPTape mlp;
@@ -9,32 +10,6 @@ struct BeliefFieldTape {
   int64_t n = 0;
   bool has_controls = false;
 };
-
-// C_b (n×n) = A_b X_b + (symmetric ? (A_b X_b)ᵀ : 0) + add_b, for every batch element; all row-major n×n, X and C
-// with row strides x_stride and c_stride between elements.
-template <typename T>
-static void field_products(const T* A, const T* X, const T* add, T* C, int64_t B, int64_t n, bool symmetric,
-                           int64_t x_stride, int64_t c_stride) {
-  const int64_t nn = n * n;
-  for (int64_t b = 0; b < B; ++b) {
-    const T *a = A + b * nn, *x = X + b * x_stride, *q = add ? add + b * nn : nullptr;
-    T* c = C + b * c_stride;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        T sum = q ? q[i * n + j] : T(0);
-        for (int64_t k = 0; k < n; ++k) sum += a[i * n + k] * x[k * n + j];
-        c[i * n + j] = sum;
-      }
-    if (symmetric)  // C ← C + (A X)ᵀ, read back from C less `add`
-      for (int64_t i = 0; i < n; ++i) {
-        c[i * n + i] += c[i * n + i] - (q ? q[i * n + i] : T(0));
-        for (int64_t j = 0; j < i; ++j) {
-          const T upper = c[i * n + j] - (q ? q[i * n + j] : T(0)), lower = c[j * n + i] - (q ? q[j * n + i] : T(0));
-          c[i * n + j] += lower, c[j * n + i] += upper;
-        }
-      }
-  }
-}
 
 static std::tuple<Tensor, std::shared_ptr<BeliefFieldTape>> belief_field_forward(
     const Tensor& Y_in, const std::optional<Tensor>& u, const Tensor& Q_in, const Tensors& params, int64_t activation,
@@ -52,13 +27,19 @@ static std::tuple<Tensor, std::shared_ptr<BeliefFieldTape>> belief_field_forward
   tape->A = A;
   Tensor out = at::empty({B, N}, Y_in.options());
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "belief_field", [&] {
-    const scalar_t *Y = tape->Y.const_data_ptr<scalar_t>(), *a = A.const_data_ptr<scalar_t>();
-    const scalar_t* v = velocity.const_data_ptr<scalar_t>();
+    const scalar_t *Y = tape->Y.const_data_ptr<scalar_t>(), *A_all = A.const_data_ptr<scalar_t>();
+    const scalar_t *v = velocity.const_data_ptr<scalar_t>(), *Q_all = Q.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    for (int64_t b = 0; b < B; ++b) std::copy(v + b * n, v + (b + 1) * n, o + b * N);
-    // dP = A P + (A P)ᵀ + Q, dΦ = A Φ
-    field_products<scalar_t>(a, Y + n, Q.const_data_ptr<scalar_t>(), o + n, B, n, true, N, N);
-    field_products<scalar_t>(a, Y + n + nn, nullptr, o + n + nn, B, n, false, N, N);
+    std::vector<scalar_t> AP(nn);
+    for (int64_t b = 0; b < B; ++b) {
+      const scalar_t *a = A_all + b * nn, *P = Y + b * N + n, *q = Q_all + b * nn;
+      scalar_t *row = o + b * N, *dP = row + n;
+      std::copy(v + b * n, v + (b + 1) * n, row);
+      product<false, false>(AP.data(), a, P, n, n, n);  // dP = A P + (A P)ᵀ + Q
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) dP[i * n + j] = AP[i * n + j] + AP[j * n + i] + q[i * n + j];
+      product<false, false>(dP + nn, a, P + nn, n, n, n);  // dΦ = A Φ
+    }
   });
   return {out, tape};
 }
@@ -76,20 +57,17 @@ static Named belief_field_backward(const BeliefFieldTape& tape, const Tensor& gr
     const scalar_t *Y = tape.Y.const_data_ptr<scalar_t>(), *A = tape.A.const_data_ptr<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t *gA = grad_A.data_ptr<scalar_t>(), *gY = grad_Y.data_ptr<scalar_t>();
+    std::vector<scalar_t> S(nn);
     for (int64_t b = 0; b < B; ++b) {
       const scalar_t *P = Y + b * N + n, *Phi = P + nn, *a = A + b * nn;
       const scalar_t *GP = g + b * N + n, *GPhi = GP + nn;
       scalar_t *ga = gA + b * nn, *gP = gY + b * N + n, *gPhi = gP + nn;
       for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j) {
-          scalar_t dA = 0, dP = 0, dPhi = 0;
-          for (int64_t k = 0; k < n; ++k) {
-            dA += (GP[i * n + k] + GP[k * n + i]) * P[j * n + k] + GPhi[i * n + k] * Phi[j * n + k];
-            dP += a[k * n + i] * (GP[k * n + j] + GP[j * n + k]);
-            dPhi += a[k * n + i] * GPhi[k * n + j];
-          }
-          ga[i * n + j] = dA, gP[i * n + j] = dP, gPhi[i * n + j] = dPhi;
-        }
+        for (int64_t j = 0; j < n; ++j) S[i * n + j] = GP[i * n + j] + GP[j * n + i];
+      product<false, true>(ga, S.data(), P, n, n, n);       // ∂A = S Pᵀ
+      product<false, true, true>(ga, GPhi, Phi, n, n, n);  //    + G_Φ Φᵀ
+      product<true, false>(gP, a, S.data(), n, n, n);      // ∂P = Aᵀ S
+      product<true, false>(gPhi, a, GPhi, n, n, n);        // ∂Φ = Aᵀ G_Φ
     }
   });
   WeightGradients weight_grads{&tape.mlp.layers};
