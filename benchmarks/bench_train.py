@@ -147,8 +147,9 @@ def measure_registered(name, *, repeats, warmup=2):
              "data": f"{dataset_name} {options}", "batch": tuple(y.shape),
              "parameters": sum(p.numel() for p in model.parameters())}
     dynamics = getattr(model, "dynamics", None) or getattr(getattr(model, "ekf", None), "dynamics", None)
-    # the C++ recursions serve the discrete-time and ensemble EKFs, not the baselines or continuous time
-    extra["cpp_loops"] = (dynamics is not None and not hasattr(dynamics, "function_evaluations")
+    # the C++ recursions serve the discrete-time and ensemble EKFs, and the continuous-time time update with our
+    # Dormand–Prince loop (`MLP.belief_flow`); not the baselines or torchdiffeq
+    extra["cpp_loops"] = (dynamics is not None and getattr(dynamics, "integrator", "dormand_prince") == "dormand_prince"
                           and cpp_loops_on())
     if hasattr(dynamics, "function_evaluations"):
         dynamics.function_evaluations = 0

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .continuous import ContinuousDynamics
+from .continuous import ContinuousDynamics, ODESolveError
 from .protocols import FilterResult, Forecast, PredictResult, SmootherResult
 from replay_overshooting.ekf import (
     FILTER_FIELDS, _grads_or_zeros, _kalman_update,
@@ -244,21 +244,27 @@ class _NativeMLPValueAndJacobian(torch.autograd.Function):
         return (g["x"], None, None, None, *g["weights"])
 
 
-class _NativeBeliefField(torch.autograd.Function):
-    """The continuous-time belief field of a flat state `Y = [μ, P, Φ]` `(B, n + 2n²)`,
-    `[f(μ, u), A P + (A P)ᵀ + Q, A Φ]` with `A = ∂f/∂μ`, in one C++ node (`02_continuous`)."""
+class _NativeBeliefFlow(torch.autograd.Function):
+    """The CT-EKF's time update of a flat belief `Y = [μ, P, Φ]` `(B, n + 2n²)` in one C++ node: `Y(t1)` of
+    `dY/dt = [f(μ, u), A P + (A P)ᵀ + Q, A Φ]`, `A = ∂f/∂μ`, by `continuous.dormand_prince`'s steps
+    (`02_continuous`, `03a_native_loops`); returns `Y(t1)` and the number of field evaluations (a 0-d tensor)."""
 
     @staticmethod
-    def forward(ctx, Y, u, Q, latent_dim, activation, beta, *params):
-        out, ctx.tape = native_extension().belief_field_forward(
-            Y, u, Q, list(params), _ACTIVATIONS.index(activation), float(beta), latent_dim)
-        return out
+    def forward(ctx, Y, u, Q, t1, rtol, atol, first_step, latent_dim, activation, beta, *params):
+        out, evaluations, failure, ctx.tape = native_extension().belief_flow_forward(
+            Y, u, Q, list(params), _ACTIVATIONS.index(activation), float(beta), latent_dim, float(t1), float(rtol),
+            float(atol), float(first_step or 0.0))
+        if failure:
+            raise ODESolveError(f"the Dormand–Prince solve stopped: {failure}")
+        count = torch.tensor(evaluations)
+        ctx.mark_non_differentiable(count)
+        return out, count
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        g = native_extension().belief_field_backward(ctx.tape, grad)
-        return (g["Y"], g["u"], g["Q"], None, None, None, *g["weights"])
+    def backward(ctx, grad, _):
+        g = native_extension().belief_flow_backward(ctx.tape, grad)
+        return (g["Y"], g["u"], g["Q"], None, None, None, None, None, None, None, *g["weights"])
 
 
 MLP_INITS = ("kaiming_fan_out", "pytorch")
@@ -320,19 +326,26 @@ class MLP(nn.Module):
         return fused_or_plain(path, node, _value_and_jacobian, x, wrt, self.activation, self.beta,
                               *self.parameter_list())
 
-    def belief_field(
+    def belief_flow(
         self,
-        Y: torch.Tensor,  # flat beliefs `[μ, P, Φ]` `(B, n + 2n²)`, `n` this network's output width
-        u: torch.Tensor | None,  # controls `(B, m)`, the rest of this network's input, or None
+        Y: torch.Tensor,  # flat beliefs `[μ, P, Φ]` `(B, n + 2n²)` at time 0, `n` this network's output width
+        u: torch.Tensor | None,  # controls `(B, m)`, the rest of this network's input, held over the step, or None
         Q: torch.Tensor,  # process-noise density `(B, n, n)`
+        t1: float,  # the step's length
         *,
+        rtol: float,
+        atol: float,
+        first_step: float | None = None,  # as `continuous.dormand_prince`'s
         backend: str | None = None,  # one of `BACKENDS` (`00b_backends`); None: the default
-    ) -> torch.Tensor | None:  # `[f(μ, u), A P + (A P)ᵀ + Q, A Φ]` `(B, n + 2n²)`, or None off the native backend
-        """As the network of a continuous-time model (`02_continuous`): the derivative of the flat belief in one C++
-        node, or None where the C++ loops do not run (another backend, a GPU, no compiler, inside `torch.func`)."""
+    ) -> tuple[torch.Tensor, int] | None:  # `Y(t1)` `(B, n + 2n²)` and the field evaluations, or None off native
+        """As the network of a continuous-time model (`02_continuous`): the flat belief integrated over `[0, t1]` by
+        `continuous.dormand_prince`'s steps in one C++ node, or None where the C++ loops do not run (another
+        backend, a GPU, no compiler, inside `torch.func`)."""
         if resolve_backend(backend, Y) != "native":
             return None
-        return _NativeBeliefField.apply(Y, u, Q, self.out_dim, self.activation, self.beta, *self.parameter_list())
+        Y1, evaluations = _NativeBeliefFlow.apply(Y, u, Q, t1, rtol, atol, first_step, self.out_dim, self.activation,
+                                                  self.beta, *self.parameter_list())
+        return Y1, int(evaluations)
 
 # %% ../nbs/03_models.ipynb
 NOISE_STRUCTURES = ("factor_diagonal", "diagonal", "full")

@@ -30,6 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .baselines import GSSM, PAPER_BASELINES, RSSM
 from .data import DATASET_NAMES, SequenceDataset, load_dataset
+from .continuous import ODESolveError
 from .gaussian import NotPositiveDefiniteError
 from .image_models import ImageEKFModel
 from .models import EKFModel
@@ -768,7 +769,7 @@ def _train(config, *, resume, progress, callback, dataset, run_dir, seeds):
         _set_learning_rate(optimizer, lr)
         try:
             loss, parts, grad_norm = gradients(y, u, iteration)
-        except NotPositiveDefiniteError as error:
+        except (NotPositiveDefiniteError, ODESolveError) as error:
             raise TrainingDivergedError(_divergence(run_dir, iteration, lr, f"the filter failed: {error}",
                                                     last_checkpoint)) from error
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
@@ -1063,7 +1064,7 @@ def _train_vectorised(configs, run_dirs, *, resume, progress, callbacks, dataset
         optimizer.zero_grad(set_to_none=True)
         try:
             losses, parts = _stacked_losses(base, params, buffers, y, u, iteration)
-        except NotPositiveDefiniteError as error:
+        except (NotPositiveDefiniteError, ODESolveError) as error:
             raise TrainingDivergedError(_divergence(run_dirs[0].parent, iteration, lr, f"the filter failed: {error}",
                                                     last_checkpoint)) from error
         losses.sum().backward()

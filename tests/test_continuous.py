@@ -331,10 +331,10 @@ def test_dormand_prince_trains_the_registered_ct_ekfs_as_torchdiffeq_does(experi
 
 @pytest.mark.parametrize("activation", ["softplus", "tanh", "relu"])
 @pytest.mark.parametrize("controls", [True, False])
-def test_belief_field_node_matches_the_field_in_parts(activation, controls):
-    """`integrator="dormand_prince"` with an `MLP` field computes the whole belief field in one C++ node
-    (`MLP.belief_field`) on the native backend, and in parts (value and Jacobian, then the products) on the
-    reference backend: the time update and all its gradients agree to rounding in float64."""
+def test_belief_flow_matches_the_reference_loop(activation, controls):
+    """`integrator="dormand_prince"` with an `MLP` field runs the whole time update in one C++ node
+    (`MLP.belief_flow`) on the native backend, and `dormand_prince`'s loop on the field in parts on the reference
+    backend: the same evaluations, and the time update and all its gradients agree to rounding in float64."""
     from replay_overshooting.backends import native_extension
     from replay_overshooting.models import MLP
     if native_extension() is None:
@@ -358,3 +358,73 @@ def test_belief_field_node_matches_the_field_in_parts(activation, controls):
     assert fused_count == part_count
     for got, expected in zip(fused + fused_grads, parts + part_grads):
         torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
+
+
+def _native_or_skip():
+    from replay_overshooting.backends import native_extension
+    if native_extension() is None:
+        pytest.skip("the C++ extension is not built here")
+
+
+def test_belief_flow_frees_its_tape():
+    """The C++ solve's tape holds the states its stages were evaluated at, and the output's autograd node holds
+    the tape: the output it returns must not be one of those states, or output, node and tape keep each other
+    alive and every time update leaks its tape. After backward and `del`, the output is gone without the cycle
+    collector."""
+    import gc
+    import weakref
+    from replay_overshooting.models import MLP
+    _native_or_skip()
+    torch.manual_seed(0)
+    n, batch = 3, 4
+    field = MLP(n, n, hidden=8, layers=2).double()
+    dynamics = ContinuousDynamics(field, n, dt=0.3, integrator="dormand_prince")
+    mean = torch.randn(batch, n, **F64, requires_grad=True)
+    gc.disable()
+    try:
+        out = dynamics.propagate_belief(mean, random_spd(batch, n, n), None, random_spd(n, n, scale=0.05),
+                                        backend="native")
+        assert type(out[0].grad_fn).__name__ != "NoneType"
+        (out[0].sum() + out[1].sum() + out[2].sum()).backward()
+        flat = out[0]._base
+        assert flat is not None and type(flat.grad_fn).__name__ == "_NativeBeliefFlowBackward"
+        alive = weakref.ref(flat)
+        del out, flat
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_dormand_prince_stops_on_a_non_finite_field(backend):
+    """A field that returns NaN would make the step controller retry forever (a NaN error estimate is never
+    accepted); both solves raise `ODESolveError` instead, which training reports as a divergence."""
+    from replay_overshooting.continuous import ODESolveError
+    from replay_overshooting.models import MLP
+    if backend == "native":
+        _native_or_skip()
+    n = 2
+    field = MLP(n, n, hidden=4, layers=1).double()
+    with torch.no_grad():
+        field.linears[0].bias[0] = float("nan")
+    dynamics = ContinuousDynamics(field, n, dt=0.1, integrator="dormand_prince")
+    with pytest.raises(ODESolveError, match="not finite|underflowed"):
+        dynamics.propagate_belief(torch.zeros(3, n, **F64), random_spd(3, n, n), None, random_spd(n, n, scale=0.05),
+                                  backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_dormand_prince_stops_when_the_step_size_underflows(backend):
+    """Tolerances no step can meet shrink the step fivefold at each rejection until `t + h == t`; the solve
+    raises `ODESolveError` then, instead of looping on a step that no longer moves."""
+    from replay_overshooting.continuous import ODESolveError
+    from replay_overshooting.models import MLP
+    if backend == "native":
+        _native_or_skip()
+    torch.manual_seed(0)
+    n = 2
+    field = MLP(n, n, hidden=4, layers=1).double()
+    dynamics = ContinuousDynamics(field, n, dt=0.1, integrator="dormand_prince", rtol=1e-300, atol=1e-300)
+    with pytest.raises(ODESolveError, match="underflowed"):
+        dynamics.propagate_belief(torch.randn(3, n, **F64), random_spd(3, n, n), None, random_spd(n, n, scale=0.05),
+                                  backend=backend)

@@ -1,5 +1,5 @@
 // The extension's one translation unit: every part, and the Python bindings of its entry points (03a).
-#include "field.h"
+#include "flow.h"
 #include "filter.h"
 #include "rollout.h"
 #include "rts.h"
@@ -20,9 +20,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<TimeUpdateTape, std::shared_ptr<TimeUpdateTape>>(m, "TimeUpdateTape");
   m.def("time_update_forward", &time_update_forward);
   m.def("time_update_backward", &time_update_backward_node);
-  pybind11::class_<BeliefFieldTape, std::shared_ptr<BeliefFieldTape>>(m, "BeliefFieldTape");
-  m.def("belief_field_forward", &belief_field_forward);
-  m.def("belief_field_backward", &belief_field_backward);
+  pybind11::class_<BeliefFlowTape, std::shared_ptr<BeliefFlowTape>>(m, "BeliefFlowTape");
+  m.def("belief_flow_forward", &belief_flow_forward);
+  m.def("belief_flow_backward", &belief_flow_backward);
   m.def("small_cholesky_solve", &small_cholesky_solve);
   m.def("gaussian_kl", &gaussian_kl);
   m.def("gaussian_kl_backward", &gaussian_kl_backward);
