@@ -86,6 +86,8 @@ def dormand_prince(
     dfactor: float = 0.2,  # the most a rejected step shrinks
 ) -> torch.Tensor:  # the state at `t1`, `(B, N)`
     "Integrate `dy/dt = rhs(y)` over `[0, t1]` with adaptive Dormand–Prince 5(4) steps, the last landing on `t1`."
+    if y0.numel() == 0:  # an empty batch: nothing to step, and no error norm to take
+        return y0
     slope = rhs(y0)
     if first_step is None:
         with torch.no_grad():
@@ -211,7 +213,7 @@ class ContinuousDynamics(nn.Module):
     def _integrate_flat(self, rhs, state):
         "`_integrate` by `dormand_prince` on the state's tensors laid side by side as one `(B, N)` tensor."
         B, shapes = state[0].shape[0], [s.shape[1:] for s in state]
-        stops = list(itertools.accumulate(s[0].numel() for s in state))
+        stops = list(itertools.accumulate(math.prod(shape) for shape in shapes))
         parts = list(zip([0] + stops[:-1], stops))
 
         def split(flat):
@@ -219,8 +221,8 @@ class ContinuousDynamics(nn.Module):
 
         def flat_rhs(flat):
             self.function_evaluations += 1
-            return torch.cat([d.reshape(B, -1) for d in rhs(split(flat))], 1)
-        y0 = torch.cat([s.reshape(B, -1) for s in state], 1)
+            return torch.cat([d.flatten(1) for d in rhs(split(flat))], 1)
+        y0 = torch.cat([s.flatten(1) for s in state], 1)
         return split(dormand_prince(flat_rhs, y0, self.dt, rtol=self.rtol, atol=self.atol, parts=parts,
                                     first_step=self.options.get("first_step")))
 
@@ -272,7 +274,7 @@ class ContinuousDynamics(nn.Module):
         state = (mean, cov.expand(B, -1, -1), _identity_like(mean))
         flow = None
         if self.integrator == "dormand_prince" and hasattr(self.vector_field, "belief_flow"):
-            flat = torch.cat([s.reshape(B, -1) for s in state], 1)
+            flat = torch.cat([s.flatten(1) for s in state], 1)
             flow = self.vector_field.belief_flow(flat, u, Q.expand(B, -1, -1), self.dt, rtol=self.rtol,
                                                  atol=self.atol, first_step=self.options.get("first_step"),
                                                  backend=backend)

@@ -253,7 +253,7 @@ class _NativeBeliefFlow(torch.autograd.Function):
     def forward(ctx, Y, u, Q, t1, rtol, atol, first_step, latent_dim, activation, beta, *params):
         out, evaluations, failure, ctx.tape = native_extension().belief_flow_forward(
             Y, u, Q, list(params), _ACTIVATIONS.index(activation), float(beta), latent_dim, float(t1), float(rtol),
-            float(atol), float(first_step or 0.0))
+            float(atol), -1.0 if first_step is None else float(first_step))
         if failure:
             raise ODESolveError(f"the Dormand–Prince solve stopped: {failure}")
         count = torch.tensor(evaluations)

@@ -331,7 +331,8 @@ def test_dormand_prince_trains_the_registered_ct_ekfs_as_torchdiffeq_does(experi
 
 @pytest.mark.parametrize("activation", ["softplus", "tanh", "relu"])
 @pytest.mark.parametrize("controls", [True, False])
-def test_belief_flow_matches_the_reference_loop(activation, controls):
+@pytest.mark.parametrize("first_step", [None, 0.02])
+def test_belief_flow_matches_the_reference_loop(activation, controls, first_step):
     """`integrator="dormand_prince"` with an `MLP` field runs the whole time update in one C++ node
     (`MLP.belief_flow`) on the native backend, and `dormand_prince`'s loop on the field in parts on the reference
     backend: the same evaluations, and the time update and all its gradients agree to rounding in float64."""
@@ -346,7 +347,8 @@ def test_belief_flow_matches_the_reference_loop(activation, controls):
     u, Q = (torch.randn(batch, m, **F64) if controls else None), random_spd(n, n, scale=0.05)
     results = {}
     for backend in ("native", "reference"):
-        dynamics = ContinuousDynamics(field, n, dt=0.3, integrator="dormand_prince")
+        dynamics = ContinuousDynamics(field, n, dt=0.3, integrator="dormand_prince",
+                                      options=None if first_step is None else {"first_step": first_step})
         leaves = [x.clone().requires_grad_() for x in (mean, cov, Q)] + ([u.clone().requires_grad_()] if controls else [])
         field.zero_grad()
         out = dynamics.propagate_belief(leaves[0], leaves[1], leaves[3] if controls else None, leaves[2],
@@ -428,3 +430,18 @@ def test_dormand_prince_stops_when_the_step_size_underflows(backend):
     with pytest.raises(ODESolveError, match="underflowed"):
         dynamics.propagate_belief(torch.randn(3, n, **F64), random_spd(3, n, n), None, random_spd(n, n, scale=0.05),
                                   backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_dormand_prince_takes_an_empty_batch(backend):
+    "A batch of no sequences comes back empty, with the right shapes, from both solves (it used to loop forever)."
+    from replay_overshooting.models import MLP
+    if backend == "native":
+        _native_or_skip()
+    n = 3
+    dynamics = ContinuousDynamics(MLP(n + 1, n, hidden=4, layers=1).double(), n, dt=0.1, integrator="dormand_prince")
+    mean, cov, Phi = dynamics.propagate_belief(torch.zeros(0, n, **F64), torch.zeros(0, n, n, **F64),
+                                               torch.zeros(0, 1, **F64), random_spd(n, n, scale=0.05),
+                                               backend=backend)
+    assert (mean.shape, cov.shape, Phi.shape) == ((0, n), (0, n, n), (0, n, n))
+    assert dynamics.function_evaluations == 0

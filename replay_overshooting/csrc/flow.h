@@ -61,6 +61,7 @@ static double mixed_rms(const T* x, int64_t B, int64_t n) {
 }
 
 // Y(t1) (B, N) from Y(0), the evaluations made, and a message saying why the solve stopped (empty if it did not).
+// A negative `first_step` asks for Hairer's estimate.
 static std::tuple<Tensor, int64_t, std::string, std::shared_ptr<BeliefFlowTape>> belief_flow_forward(
     const Tensor& Y0_in, const std::optional<Tensor>& u, const Tensor& Q_in, const Tensors& params, int64_t activation,
     double beta, int64_t n, double t1, double rtol, double atol, double first_step) {
@@ -73,6 +74,7 @@ static std::tuple<Tensor, int64_t, std::string, std::shared_ptr<BeliefFlowTape>>
   in.Q = Q_in.expand({B, n, n}).contiguous();
   if (u.has_value()) in.u = u->contiguous();
   Tensor y = Y0_in.contiguous();
+  if (size == 0) return {y.clone(), 0, "", tape};  // an empty batch, as the reference: nothing to step
   int64_t evaluations = 0;
   auto field = [&](const Tensor& at_state, BeliefFieldStage& stage) { ++evaluations; return belief_field(at_state, in, stage); };
   Tensor slope = field(y, tape->start);
@@ -82,7 +84,7 @@ static std::tuple<Tensor, int64_t, std::string, std::shared_ptr<BeliefFlowTape>>
     const double safety = 0.9, ifactor = 10.0, dfactor = 0.2;
     std::vector<T> work(size);
     double h = first_step;
-    if (h <= 0) {  // Hairer's first step: one more evaluation
+    if (h < 0) {  // none given: Hairer's first step, one more evaluation
       const T *yv = y.const_data_ptr<T>(), *f = slope.const_data_ptr<T>();
       std::vector<T> scaled_y(size), scaled_f(size);
       std::vector<T> scale(size);
