@@ -206,8 +206,14 @@ class ContinuousDynamics(nn.Module):
         def counted(t, s):
             self.function_evaluations += 1
             return rhs(s)
-        solution = odeint(counted, state, times, method=self.method, rtol=self.rtol, atol=self.atol,
-                          options=self.options)
+        try:
+            solution = odeint(counted, state, times, method=self.method, rtol=self.rtol, atol=self.atol,
+                              options=self.options)
+        except AssertionError as error:  # torchdiffeq's way of saying its step size underflowed
+            if "underflow in dt" not in str(error):
+                raise
+            raise ODESolveError(f"torchdiffeq's {self.method} solve stopped: {error} (the field or the state holds inf "
+                                "or NaN, or the tolerances cannot be met)") from error
         return tuple(s[-1] for s in solution)
 
     def _integrate_flat(self, rhs, state):

@@ -190,16 +190,18 @@ def test_a_forecast_that_stops_being_a_gaussian_is_warned_and_marked(tmp_path):
     assert table.count(" † |") == 1 and "EKFModel at F = 5, P = 200: 4 of 4" in table, table
 
 
-def test_a_failed_ode_solve_stops_training_as_a_divergence(tmp_path):
+@pytest.mark.parametrize("integrator, message", [("dormand_prince", "the Dormand–Prince solve stopped: the step size "
+                                                                    "underflowed"),
+                                                 ("torchdiffeq", "torchdiffeq's dopri5 solve stopped: underflow in dt")])
+def test_a_failed_ode_solve_stops_training_as_a_divergence(integrator, message, tmp_path):
     """A continuous-time model whose solver cannot meet its tolerances (here 1e-300: every step is rejected until
     the step size underflows) stops with `TrainingDivergedError`, naming the solver, and writes no model."""
     run_dir = tmp_path / "ct"
     base = get_experiment("ct_ekf_push")
     config = get_experiment("ct_ekf_push", dataset="vdp", max_iterations=3, batch_size=4,
                             dataset_options={"num_sequences": 8, "cache": False},
-                            model_options={**base.model_options, "ode_integrator": "dormand_prince",
+                            model_options={**base.model_options, "ode_integrator": integrator,
                                            "rtol": 1e-300, "atol": 1e-300})
-    with pytest.raises(TrainingDivergedError, match=r"training diverged at iteration 0 .*the Dormand–Prince solve "
-                       r"stopped: the step size underflowed"):
+    with pytest.raises(TrainingDivergedError, match=r"training diverged at iteration 0 .*" + message):
         train(config, run_dir=run_dir, progress=False)
     assert not (run_dir / "model.pt").exists()
