@@ -14,7 +14,8 @@ Prints one JSON line per measurement, then a table:
                                          and Adam), from their initial weights on a small sample of their data:
                                          the CT-EKF (with torchdiffeq, and with `ode_integrator=
                                          "dormand_prince"`), PlaNet, PlaNet with observation overshooting and GSSM on
-                                         push_sim, and the image EKF and PlaNet on pendulum images; each line
+                                         push_sim, and the image EKF, the image CT-EKF (both integrators) and
+                                         PlaNet on pendulum images; each line
                                          names the experiment, the data and the batch, and, where it was
                                          measured, the paper's code's time (`paper_code_s`) and the speed-up;
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
@@ -112,6 +113,10 @@ REGISTERED = {  # line → (registered experiment, the data set it trains on her
     "registered_oo_planet_push": ("oo_planet_push", "push_sim", PUSH_SAMPLE),
     "registered_gssm_push": ("gssm_push", "push_sim", PUSH_SAMPLE),
     "registered_image_ekf_pend": ("dt_ekf_kvae_pend_img", "pendulum_images", {"num_sequences": 64, "cache": False}),
+    "registered_ct_ekf_pend_img": ("ct_ekf_kvae_pend_img", "pendulum_images", {"num_sequences": 64, "cache": False}),
+    "registered_ct_ekf_pend_img_dormand_prince": ("ct_ekf_kvae_pend_img", "pendulum_images",
+                                                  {"num_sequences": 64, "cache": False},
+                                                  {"ode_integrator": "dormand_prince"}),
     "registered_planet_pend_img": ("planet_pend_img", "pendulum_images", {"num_sequences": 64, "cache": False}),
 }
 
