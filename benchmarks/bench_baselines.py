@@ -2,13 +2,14 @@
 
 Usage: python benchmarks/bench_baselines.py [--repeats N]
 Prints one JSON line per configuration and RSSM recurrence (one CPU thread, median over repeats after warm-up;
-the two recurrences of a configuration are timed alternately, step by step, on the same model and data, so their
-ratio is taken under the same load), then a table beside the paper's code:
+the recurrences of a configuration are timed alternately, step by step, on the same model and data, so their
+ratios are taken under the same load), then a table beside the paper's code:
 - planet_push, oo_planet_push: the paper's rows, obs 2-D, controls 6-D, T=50, batch 16, clip 100;
 - gssm_push: the paper's GSSM row on push, T=50, batch 8, clip 100;
 - planet_pend_img: the paper's row, 16x16 frames, 1-D torque, T=33, batch 8, clip 500.
 `recurrence` is `RSSM(recurrence=...)`: "plain" is the loop of the model's equations (`rssm_filter`),
-"hoisted" moves the work that does not depend on the recursion out of it (`rssm_filter_hoisted`).
+"hoisted" moves the work that does not depend on the recursion out of it (`rssm_filter_hoisted`), "native" runs
+that loop and its hand-written backward in one C++ node (`rssm_filter_native`; what "auto" takes on a CPU).
 """
 import statistics
 import time
@@ -62,7 +63,7 @@ def main():
             if isinstance(model, RSSM):
                 model.recurrence = recurrence
             training_step(model, optimizer, y, u, cfg["clip"])
-        recurrences = ("plain", "hoisted") if isinstance(model, RSSM) else ("plain",)
+        recurrences = ("plain", "hoisted", "native") if isinstance(model, RSSM) else ("plain",)
         times = alternating_times({r: (lambda r=r: step(r)) for r in recurrences}, warmup=3, repeats=args.repeats)
         paper = PAPER_CODE_SECONDS.get(name)
         for recurrence, seconds in times.items():

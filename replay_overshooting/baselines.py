@@ -6,9 +6,9 @@
 __all__ = ['OVERSHOOTING', 'RECURRENCES', 'RSSM_FILTERS', 'PAPER_BASELINES', 'positive_std', 'mean_and_std',
            'diag_gaussian_log_prob', 'diag_gaussian_kl', 'sample_diag_gaussian', 'moment_matched_gaussian', 'mlp',
            'apply_flat', 'VectorObservations', 'ImageObservations', 'check_inputs', 'RSSMStates', 'OpenLoopPrior',
-           'observation_model', 'RSSM', 'rssm_filter', 'rssm_open_loop_priors', 'rssm_filter_hoisted', 'rssm_loss',
-           'overshooting_term', 'rssm_forecast', 'GSSMStates', 'GSSM', 'gssm_infer', 'gssm_loss', 'gssm_forecast',
-           'paper_baseline', 'parameter_count']
+           'observation_model', 'RSSM', 'rssm_filter', 'rssm_open_loop_priors', 'rssm_filter_hoisted',
+           'rssm_filter_native', 'resolve_recurrence', 'rssm_loss', 'overshooting_term', 'rssm_forecast', 'GSSMStates',
+           'GSSM', 'gssm_infer', 'gssm_loss', 'gssm_forecast', 'paper_baseline', 'parameter_count']
 
 # %% ../nbs/07_baselines.ipynb
 import math
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backends import native_extension, resolve_backend
 from .image_models import (NUM_GREY_LEVELS, conv_stages, frame_mixture, grey_levels,
                                               pixel_categorical_nll, score_frame_levels)
 from .protocols import Forecast
@@ -259,7 +260,7 @@ class OpenLoopPrior(NamedTuple):
 
 # %% ../nbs/07_baselines.ipynb
 OVERSHOOTING = ("none", "latent", "observation")
-RECURRENCES = ("hoisted", "plain")
+RECURRENCES = ("auto", "native", "hoisted", "plain")
 
 
 def observation_model(
@@ -298,7 +299,7 @@ class RSSM(nn.Module):
         overshoot_weight: float = 1.0,  # β of the overshooting average
         free_nats: float = 0.0,  # λ: KL terms below this many nats are not penalised
         state_min_std: float = 0.1,  # floor of the prior and posterior std of s_t
-        recurrence: str = "hoisted",  # "hoisted" (`rssm_filter_hoisted`) or "plain" (`rssm_filter`), the same path
+        recurrence: str = "auto",  # one of `RECURRENCES`, the same path by different code (`resolve_recurrence`)
         obs_init_std: float = 1.0,  # vector observations: the decoder's noise std at initialisation
     ):
         super().__init__()
@@ -435,7 +436,68 @@ def rssm_filter_hoisted(
     return RSSMStates(h, s, prior_mean, prior_std, post_mean, post_std)
 
 
-RSSM_FILTERS = {"plain": rssm_filter, "hoisted": rssm_filter_hoisted}
+# %% ../nbs/07_baselines.ipynb
+class _NativeRSSMPosterior(torch.autograd.Function):
+    """The posterior recursion of `rssm_filter_hoisted` (no mask) in one C++ node: control and embedding parts
+    `(T, B, H)`, noise `(T, B, n)` -> h `(T, B, D)`, s, mean and std `(T, B, n)` (`csrc/rssm.h`)."""
+
+    @staticmethod
+    def forward(ctx, control_part, embedding_part, noise, min_std, *weights):
+        out, ctx.tape = native_extension().rssm_posterior_forward(control_part, embedding_part, noise, list(weights),
+                                                                  float(min_std))
+        return out["h"], out["s"], out["mean"], out["std"]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h, grad_s, grad_mean, grad_std):
+        g = native_extension().rssm_posterior_backward(ctx.tape, grad_h, grad_s, grad_mean, grad_std)
+        return (g["control"], g["embedding"], None, None, *g["weights"])
+
+
+def rssm_filter_native(
+    model: RSSM,
+    embeddings: torch.Tensor,  # `(B, T, embed_dim)`: e_t
+    u: torch.Tensor,  # `(B, T, m)`: u[:, t] drives t -> t+1 (u[:, T-1] is unused)
+    mask: None = None,  # the node runs without a mask; masked steps need `rssm_filter_hoisted`
+    generator: torch.Generator | None = None,
+) -> RSSMStates:
+    "`rssm_filter_hoisted` with its loop and that loop's backward pass in one C++ node."
+    if mask is not None:
+        raise ValueError("recurrence='native' runs without a mask (an unobserved step needs the prior network in the "
+                         "loop); use recurrence='auto' or 'hoisted', which take a mask")
+    batch, steps = embeddings.shape[:2]
+    transition_layer, posterior_layer = model.transition_input[0], model.posterior_net[0]
+    w_s, w_u = _split_first_layer(transition_layer, model.latent_dim)
+    w_h, w_e = _split_first_layer(posterior_layer, model.deterministic_dim)
+    control_part = F.linear(u.transpose(0, 1), w_u, transition_layer.bias)
+    embedding_part = F.linear(embeddings.transpose(0, 1), w_e, posterior_layer.bias)
+    noise = torch.stack([torch.randn(batch, model.latent_dim, dtype=embeddings.dtype, device=embeddings.device,
+                                     generator=generator) for _ in range(steps)])
+    gru, output_layer = model.gru, model.posterior_net[2]
+    path = _NativeRSSMPosterior.apply(control_part, embedding_part, noise, model.state_min_std, w_s, gru.weight_ih,
+                                      gru.bias_ih, gru.weight_hh, gru.bias_hh, w_h, output_layer.weight,
+                                      output_layer.bias)
+    h, s, post_mean, post_std = (x.transpose(0, 1) for x in path)
+    prior_mean, prior_std = model.prior(h)
+    return RSSMStates(h, s, prior_mean, prior_std, post_mean, post_std)
+
+
+RSSM_FILTERS = {"plain": rssm_filter, "hoisted": rssm_filter_hoisted, "native": rssm_filter_native}
+
+
+def resolve_recurrence(
+    recurrence: str,  # one of `RECURRENCES`
+    like: torch.Tensor,  # a tensor of the computation (its device and dtype)
+    mask: torch.Tensor | None,  # the filter's mask
+) -> str:  # the loop that runs: "plain", "hoisted" or "native"
+    "`auto`: the C++ node where it can run (no mask, float CPU tensors, the extension built), else the hoisted loop."
+    if recurrence in ("plain", "hoisted"):
+        return recurrence
+    if recurrence == "native":
+        if mask is not None:
+            return "native"  # `rssm_filter_native` says why it cannot take the mask
+        return "native" if resolve_backend("native", like) == "native" else "hoisted"
+    return "native" if mask is None and resolve_backend("auto", like) == "native" else "hoisted"
 
 # %% ../nbs/07_baselines.ipynb
 def rssm_loss(
@@ -446,7 +508,8 @@ def rssm_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # scalar loss, detached components
     "Negative ELBO per step, plus the overshooting term of `model.overshoot`."
     y, u, observed = check_inputs(model.observations, y, u, mask, ctrl_dim=model.ctrl_dim)
-    states = RSSM_FILTERS[model.recurrence](model, model.observations.embed(y), u, mask)
+    embeddings = model.observations.embed(y)
+    states = RSSM_FILTERS[resolve_recurrence(model.recurrence, embeddings, mask)](model, embeddings, u, mask)
     features = torch.cat([states.deterministic, states.stochastic], -1)
     reconstruction = -(model.observations.log_likelihood(features, y) * observed).mean()
     kl = diag_gaussian_kl(states.posterior_mean, states.posterior_std, states.prior_mean, states.prior_std)
@@ -491,7 +554,8 @@ def rssm_forecast(
     batch, filter_steps = y.shape[:2]
     u = u.repeat(num_samples, 1, 1)
     embeddings = model.observations.embed(y).repeat(num_samples, 1, 1)
-    states = RSSM_FILTERS[model.recurrence](model, embeddings, u[:, :filter_steps], generator=generator)
+    recurrence = resolve_recurrence(model.recurrence, embeddings, None)
+    states = RSSM_FILTERS[recurrence](model, embeddings, u[:, :filter_steps], generator=generator)
     h, s = states.deterministic[:, -1], states.stochastic[:, -1]
     features = []
     for t in range(filter_steps, filter_steps + predict_steps):

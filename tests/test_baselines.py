@@ -7,9 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from replay_overshooting.backends import native_extension
 from replay_overshooting.baselines import (
     GSSM, PAPER_BASELINES, RSSM, paper_baseline, parameter_count, rssm_filter, rssm_open_loop_priors,
 )
+
+needs_native = pytest.mark.skipif(native_extension() is None, reason="the C++ extension is not built here")
 
 F64 = dict(dtype=torch.float64)
 PAPER_PARAMETERS = {"planet_push": 147_412, "planet_pend_img": 91_392}
@@ -166,7 +169,7 @@ def test_free_nats_floor_the_kl():
     assert parts["kl"].item() == 50.0
 
 
-@pytest.mark.parametrize("recurrence", ["plain", "hoisted"])
+@pytest.mark.parametrize("recurrence", ["plain", "hoisted", pytest.param("native", marks=needs_native), "auto"])
 def test_rssm_elbo_against_a_naive_loop(recurrence):
     """Loss = mean over batch and time of -log p(y_t | h_t, s_t) + KL(q_t || p_t), recomputed from the sampled path
     of the plain filter (the same random draws)."""
@@ -184,6 +187,25 @@ def test_rssm_elbo_against_a_naive_loop(recurrence):
         decoded = torch.distributions.Normal(model.observations.decoder(features), model.observations.std())
         total = total - decoded.log_prob(y[:, t]).sum(-1) + naive_kl(mean, std, prior_mean, prior_std)
     torch.testing.assert_close(loss, (total / 6).mean(), rtol=1e-12, atol=1e-12)
+
+
+@needs_native
+@pytest.mark.parametrize("overshoot", ["none", "latent", "observation"])
+def test_native_recurrence_gives_the_plain_loss_and_gradients(overshoot):
+    "The C++ node's loss and every parameter's gradient equal the plain loop's, in float64, on the same draws."
+    results = []
+    for recurrence in ("plain", "native"):
+        torch.manual_seed(0)
+        model = small_rssm(overshoot, recurrence=recurrence)
+        y, u = (x.double() for x in damped_oscillator(3, 9))
+        torch.manual_seed(2)
+        loss, _ = model.loss(y, u)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (plain_loss, plain_grads), (native_loss, native_grads) = results
+    torch.testing.assert_close(native_loss, plain_loss, rtol=1e-10, atol=1e-10)
+    for a, b in zip(plain_grads, native_grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("model_class", [RSSM, GSSM])

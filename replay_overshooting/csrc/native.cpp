@@ -3,6 +3,7 @@
 #include "filter.h"
 #include "rollout.h"
 #include "rts.h"
+#include "rssm.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<FilterTape, std::shared_ptr<FilterTape>>(m, "FilterTape");
@@ -23,6 +24,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<BeliefFlowTape, std::shared_ptr<BeliefFlowTape>>(m, "BeliefFlowTape");
   m.def("belief_flow_forward", &belief_flow_forward);
   m.def("belief_flow_backward", &belief_flow_backward);
+  pybind11::class_<RSSMTape, std::shared_ptr<RSSMTape>>(m, "RSSMTape");
+  m.def("rssm_posterior_forward", &rssm_posterior_forward);
+  m.def("rssm_posterior_backward", &rssm_posterior_backward);
   m.def("small_cholesky_solve", &small_cholesky_solve);
   m.def("gaussian_kl", &gaussian_kl);
   m.def("gaussian_kl_backward", &gaussian_kl_backward);
