@@ -126,3 +126,27 @@ def test_hold_freed_memory_keeps_iterations_off_fresh_pages():
     held = _run_python(_PUSH_ITERATION_FAULTS, HOLD="1")
     assert held["held"] is True
     assert held["faults"] < 500, f"{held['faults']} fresh pages per iteration with the memory held"
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the flush is x86's MXCSR mode")
+@pytest.mark.skipif(native_loops() is None, reason="the C++ loops are not built here")
+def test_native_nodes_flush_subnormals_and_restore_the_thread_mode():
+    """Inside a C++ node subnormal floats are zero (x86's FTZ/DAZ, `csrc/common.h`); on return the thread computes
+    with them again. A time update whose network adds exactly zero keeps a subnormal mean on the reference path,
+    and flushes it on the native one."""
+    import torch
+    from replay_overshooting.models import ResidualDynamics
+    torch.set_flush_denormal(False)
+    subnormal = torch.tensor([1e-39])
+    assert subnormal.item() != 0 and (subnormal * 1.0).item() != 0
+    dynamics = ResidualDynamics(2, hidden=8)
+    with torch.no_grad():
+        dynamics.f.linears[-1].weight.zero_()
+        dynamics.f.linears[-1].bias.zero_()
+    mean, cov, Q = subnormal.expand(3, 2), 0.1 * torch.eye(2).expand(3, 2, 2), 0.01 * torch.eye(2)
+    reference = dynamics.propagate_belief(mean, cov, None, Q, backend="reference")
+    native = dynamics.propagate_belief(mean, cov, None, Q, backend="native")
+    assert torch.equal(reference[0], mean)
+    assert torch.equal(native[0], torch.zeros_like(mean))
+    torch.testing.assert_close(native[1], reference[1], rtol=0, atol=0)
+    assert (subnormal * 1.0).item() != 0, "the node left subnormals flushed on this thread"

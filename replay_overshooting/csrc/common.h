@@ -6,6 +6,9 @@
 #if defined(__linux__)
 #include <dlfcn.h>
 #endif
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -37,3 +40,37 @@ static const Tensor& half_like(const Tensor& M) {
 }
 
 static Tensor symmetrize(const Tensor& M) { return (M + mT(M)).mul_(half_like(M)); }
+
+// Subnormal floats read and written as zero on this thread while one lives: x86's FTZ and DAZ bits of MXCSR, the
+// previous mode restored when it goes (elsewhere it changes nothing). In training, adjoints of the Jacobian chain
+// times slopes of saturated units fall below float32's 1.2e-38 (about 0.07 % of them in a push EKF after 100
+// iterations), and each product that reads one takes the processor's slow microcode path: MKL's accumulating
+// weight-gradient kernel ran at 14 GFLOP/s instead of some 100, and the iteration took up to 1.75× as long.
+// Values that small are far below anything a loss resolves.
+class FlushDenormals {
+ public:
+  FlushDenormals() {
+#if defined(__x86_64__) || defined(_M_X64)
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero);
+#endif
+  }
+  ~FlushDenormals() {
+#if defined(__x86_64__) || defined(_M_X64)
+    _mm_setcsr(saved_);
+#endif
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  static constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
+  unsigned saved_ = 0;
+};
+
+// What the entry points of the recursions and networks hold while they run: their ATen calls dispatched below
+// autograd (each is the body of an autograd node of its own), with subnormals flushed.
+struct NativeScope {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  FlushDenormals flush_denormals;
+};

@@ -19,7 +19,7 @@ static std::pair<Named, std::shared_ptr<FilterTape>> filter_forward(
     const Tensor& Q, const Tensor& R, const Tensors& dynamics_params, int64_t dynamics_activation,
     double dynamics_beta, const Tensors& observation_params, int64_t observation_activation,
     double observation_beta) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   auto tape = std::make_shared<FilterTape>();
   const int64_t B = y.size(0), T = y.size(1), n = mean.size(-1);
   tape->dynamics = make_layers(dynamics_params, dynamics_activation, dynamics_beta, n);
@@ -66,7 +66,7 @@ static Named filter_backward(FilterTape& tape, const Tensor& pc, const Tensor& f
                                const Tensor& grad_fc, const Tensor& grad_A, const std::optional<Tensor>& grad_ym,
                                const std::optional<Tensor>& grad_S, const std::optional<Tensor>& grad_C,
                                bool needs_grad_y) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   const int64_t T = grad_pm.size(1);
   Tensor carry_mean, carry_cov;
   Tensors grad_y(T), grad_u, grad_Q, grad_R;

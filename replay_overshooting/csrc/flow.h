@@ -65,7 +65,7 @@ static double mixed_rms(const T* x, int64_t B, int64_t n) {
 static std::tuple<Tensor, int64_t, std::string, std::shared_ptr<BeliefFlowTape>> belief_flow_forward(
     const Tensor& Y0_in, const std::optional<Tensor>& u, const Tensor& Q_in, const Tensors& params, int64_t activation,
     double beta, int64_t n, double t1, double rtol, double atol, double first_step) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   auto tape = std::make_shared<BeliefFlowTape>();
   const int64_t B = Y0_in.size(0), nn = n * n, N = n + 2 * nn, size = B * N;
   TORCH_CHECK(Y0_in.dim() == 2 && Y0_in.size(1) == N, "belief flow: the state must be (B, n + 2n²)");
@@ -162,7 +162,7 @@ static std::tuple<Tensor, int64_t, std::string, std::shared_ptr<BeliefFlowTape>>
 // the next step's k1; each stage's adjoint pulls its k back through the field and adds h a_ij of itself to the k
 // it summed.
 static Named belief_flow_backward(const BeliefFlowTape& tape, const Tensor& grad_in) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   const BeliefFieldInputs& in = tape.in;
   WeightGradients weights{&in.layers};
   Tensor grad_Q = at::zeros_like(in.Q), grad_u = in.u.defined() ? at::zeros_like(in.u) : Tensor();

@@ -376,7 +376,7 @@ struct MLPTape {
 
 static std::tuple<Tensor, Tensor, std::shared_ptr<MLPTape>> value_and_jacobian_forward(
     const Tensor& x, const Tensors& params, int64_t activation, double beta, int64_t wrt) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   auto tape = std::make_shared<MLPTape>();
   tape->layers = make_layers(params, activation, beta, wrt);
   auto [out, J] = mlp_forward(x, tape->layers, tape->saved);
@@ -385,7 +385,7 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<MLPTape>> value_and_jacobian_f
 
 // The gradients of the network's input `x` and its `weights` (in `MLP.parameter_list` order), by name.
 static Named value_and_jacobian_backward(const MLPTape& tape, const Tensor& grad_out, const Tensor& grad_J) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   WeightGradients weight_grads{&tape.layers};
   Named out;
   out["x"] = mlp_backward_to_input(tape.saved, tape.layers, grad_out, grad_J, weight_grads);

@@ -12,7 +12,7 @@ struct RolloutTape {
 static std::pair<Named, std::shared_ptr<RolloutTape>> rollout_forward(
     Tensor mean, Tensor cov, const std::optional<Tensor>& u, const Tensor& Q, int64_t steps, const Tensors& params,
     int64_t activation, double beta) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   auto tape = std::make_shared<RolloutTape>();
   const int64_t B = mean.size(0), n = mean.size(-1);
   tape->dynamics = make_layers(params, activation, beta, n);
@@ -35,7 +35,7 @@ static std::pair<Named, std::shared_ptr<RolloutTape>> rollout_forward(
 // `weights` in `MLP.parameter_list` order.
 static Named rollout_backward(RolloutTape& tape, const Tensor& covs, const Tensor& A, const Tensor& grad_means,
                                 const Tensor& grad_covs, const Tensor& grad_A) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   const int64_t steps = grad_means.size(1);
   Tensor carry_mean = grad_means.select(1, steps - 1), carry_cov = grad_covs.select(1, steps - 1);
   Tensors grad_u, grad_Q;

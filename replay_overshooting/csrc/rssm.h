@@ -114,6 +114,7 @@ static std::pair<Named, std::shared_ptr<RSSMTape>> rssm_posterior_forward(const 
                                                                           const Tensor& embedding,
                                                                           const Tensor& noise, const Tensors& weights,
                                                                           double min_std) {
+  NativeScope scope;
   auto tp = std::make_shared<RSSMTape>();
   for (const auto& w : weights) tp->weights.push_back(w.contiguous());
   tp->T = embedding.size(0), tp->B = embedding.size(1), tp->H = embedding.size(2);
@@ -230,6 +231,7 @@ static void rssm_backward_impl(const RSSMTape& tp, const T* g_h, const T* g_s, c
 // weights' gradients in the tape's order.
 static Named rssm_posterior_backward(const std::shared_ptr<RSSMTape>& tp, const Tensor& g_h, const Tensor& g_s,
                                      const Tensor& g_mean, const Tensor& g_std) {
+  NativeScope scope;
   const auto options = tp->h.options();
   Tensor gh = g_h.contiguous(), gs = g_s.contiguous(), gm = g_mean.contiguous(), gsd = g_std.contiguous();
   Tensor g_control = at::empty({tp->T, tp->B, tp->H}, options), g_embedding = at::empty({tp->T, tp->B, tp->H}, options);

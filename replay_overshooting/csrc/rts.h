@@ -11,7 +11,7 @@ struct RTSTape {
 static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
     const Tensor& filtered_means, const Tensor& filtered_covs, const Tensor& next_predicted_means,
     const Tensor& next_predicted_covs, const Tensor& gains) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   auto tape = std::make_shared<RTSTape>();
   const int64_t B = gains.size(0), steps = gains.size(1), n = gains.size(-1), T_all = steps + 1;
   tape->G = gains.contiguous();
@@ -65,7 +65,7 @@ static std::tuple<Tensor, Tensor, std::shared_ptr<RTSTape>> rts_forward(
 
 static Tensors rts_backward(const RTSTape& tape, const std::optional<Tensor>& grad_means,
                             const std::optional<Tensor>& grad_covs) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   const int64_t B = tape.G.size(0), steps = tape.G.size(1), n = tape.G.size(-1), T_all = steps + 1, nn = n * n;
   auto options = tape.G.options();
   if (!loops_pay(n)) {

@@ -201,7 +201,7 @@ struct TimeUpdateTape {
 static std::tuple<Tensor, Tensor, Tensor, std::shared_ptr<TimeUpdateTape>> time_update_forward(
     const Tensor& mean, const Tensor& cov, const std::optional<Tensor>& u, const Tensor& Q, const Tensors& params,
     int64_t activation, double beta) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   auto tape = std::make_shared<TimeUpdateTape>();
   tape->layers = make_layers(params, activation, beta, mean.size(-1));
   tape->has_controls = u.has_value();
@@ -213,7 +213,7 @@ static std::tuple<Tensor, Tensor, Tensor, std::shared_ptr<TimeUpdateTape>> time_
 // network's `weights` in `MLP.parameter_list` order.
 static Named time_update_backward_node(const TimeUpdateTape& tape, const Tensor& cov, const Tensor& A,
                                        const Tensor& grad_mean, const Tensor& grad_cov, const Tensor& grad_A) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  NativeScope scope;
   WeightGradients weight_grads{&tape.layers};
   auto back = time_update_backward(tape.layers, tape.saved, cov, A, grad_mean, grad_cov, grad_A, tape.has_controls,
                                    weight_grads);
