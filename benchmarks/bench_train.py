@@ -129,18 +129,30 @@ REGISTERED = {  # line → (registered experiment, the data set it trains on her
 TRAINED_FIRST = {"registered_dt_ekf_push_trained": 150}
 
 
+def _batch_tensors(dataset, batch):
+    """`y (B,T,…)` and `u (B,T,m)` (None without controls) of a drawn batch in float32, frames scaled as `train`
+    scales them."""
+    y = batch["y"]
+    y = SequenceDataset.image_to_float(y, torch.float32) if dataset.is_image else y.float()
+    return y, batch["u"].float() if dataset.ctrl_dim else None
+
+
+def _training_step(model, config, optimizer, y, u):
+    "One iteration as `train` runs it, at full loss weights: loss, backward, the config's clipping, Adam."
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = compute_loss(model, config, y, u, 10**6)
+    loss.backward()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+
+
 def _train_briefly(model, config, dataset, length, optimizer, iterations):
-    "`iterations` training steps on batches drawn as `train` draws them, at full loss weights."
+    "`iterations` training steps on batches drawn as `train` draws them."
     per_epoch = max(1, len(dataset) // config.batch_size)
     for iteration in range(iterations):
-        batch = _draw_batch(dataset, config, iteration, per_epoch, length)
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = compute_loss(model, config, batch["y"].float(), batch["u"].float() if dataset.ctrl_dim else None,
-                               10**6)
-        loss.backward()
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        y, u = _batch_tensors(dataset, _draw_batch(dataset, config, iteration, per_epoch, length))
+        _training_step(model, config, optimizer, y, u)
 
 
 def measure_registered(name, *, repeats, warmup=2):
@@ -154,10 +166,7 @@ def measure_registered(name, *, repeats, warmup=2):
     dataset, length = _training_data(config, None)
     torch.manual_seed(config.seed)
     model = build_model(config, dataset)
-    batch = _draw_batch(dataset, config, 0, max(1, len(dataset) // config.batch_size), length)
-    y = batch["y"]
-    y = SequenceDataset.image_to_float(y, torch.float32) if dataset.is_image else y.float()
-    u = batch["u"].float() if dataset.ctrl_dim else None
+    y, u = _batch_tensors(dataset, _draw_batch(dataset, config, 0, max(1, len(dataset) // config.batch_size), length))
     optimizer = _adam(model.parameters(), config.lr)
     trained = TRAINED_FIRST.get(name, 0)
     _train_briefly(model, config, dataset, length, optimizer, trained)
@@ -165,12 +174,7 @@ def measure_registered(name, *, repeats, warmup=2):
 
     def step():
         model.load_state_dict(initial)  # every iteration from the same weights (the initial ones, or `trained`)
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = compute_loss(model, config, y, u, 10**6)
-        loss.backward()
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        _training_step(model, config, optimizer, y, u)
     med, lo, hi = time_it(step, warmup=warmup, repeats=repeats)
     extra = {"experiment": experiment, **({"model_options_changed": changed[0]} if changed else {}),
              "weights": f"after {trained} training iterations" if trained else "initial",
