@@ -451,7 +451,7 @@ def _rollout_steps(dynamics, mean, cov, u, Q, steps, regularizer, path):
 # %% ../nbs/01_ekf.ipynb
 def ekf_predict(
     dynamics: Callable,  # `dynamics(z (B,n), u (B,m) | None) -> (B,n)`
-    observe: Callable,  # `observe(z (B,n)) -> (B,p)`
+    observe: Callable | None,  # `observe(z (B,n)) -> (B,p)`; None: latent beliefs only (no observation moments)
     *,
     mean: torch.Tensor,  # starting belief mean `(B, n)`
     cov: torch.Tensor,  # starting belief covariance `(B, n, n)`
@@ -487,6 +487,8 @@ def ekf_predict(
     if rolled is None:
         rolled = _rollout_steps(dynamics, mean, cov, u, Q, steps, cov_regularizer, path)
     means, covs, jacobians = rolled
+    if observe is None:
+        return PredictResult(means, covs, None, None, jacobians)
     obs_means, obs_covs = observation_moments(observe, means, covs, obs_cov=obs_cov, backend=path)
     return PredictResult(means, covs, obs_means, obs_covs, jacobians)
 

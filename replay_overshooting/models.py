@@ -870,9 +870,10 @@ class EKFModel(nn.Module):
                                       cov_regularizer=self.cov_regularizer, backend=self.backend)
 
     def predict(self, mean: torch.Tensor, cov: torch.Tensor, steps: int,
-                u: torch.Tensor | None = None, *, checked: bool = True) -> PredictResult:
-        "Open-loop prediction of `steps` beliefs from `(mean (B,n), cov (B,n,n))`, the given one first."
-        return ekf_predict(self.dynamics, self.observation, mean=mean, cov=cov, dynamics_cov=self.dynamics_cov(),
+                u: torch.Tensor | None = None, *, checked: bool = True, observations: bool = True) -> PredictResult:
+        """Open-loop prediction of `steps` beliefs from `(mean (B,n), cov (B,n,n))`, the given one first;
+        `observations=False` leaves out the observation moments (`obs_means`, `obs_covs` are None)."""
+        return ekf_predict(self.dynamics, self.observation if observations else None, mean=mean, cov=cov, dynamics_cov=self.dynamics_cov(),
                            obs_cov=self.obs_cov(), steps=steps, u=self._controls(u, mean), checked=checked,
                            cov_regularizer=self.cov_regularizer, backend=self.backend)
 

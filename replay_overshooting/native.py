@@ -99,7 +99,7 @@ def _build():
         with _ninja_on_path():
             return load("replay_overshooting_native", sources=[str(sources / "native.cpp")],
                         extra_include_paths=[str(sources)], build_directory=str(directory),
-                        extra_cflags=["-O3", "-Wall"])
+                        extra_cflags=["-O3", "-fno-trapping-math", "-Wall"])
     except Exception as error:
         warnings.warn(
             f"replay_overshooting could not build its C++ loops ({_build_failure(error)}); running the Python loops, which give "

@@ -54,8 +54,9 @@ def _obs_log_lik(model, means, covs, y, mask, checked):
     return _log_lik_under(obs_mean, obs_cov, y, mask, checked, model.backend)
 
 
-def _replay(model, smoothed, u, steps, checked):
-    return model.predict(smoothed.smoothed_means[:, 0], smoothed.smoothed_covs[:, 0], steps, u, checked=checked)
+def _replay(model, smoothed, u, steps, checked, observations=True):
+    return model.predict(smoothed.smoothed_means[:, 0], smoothed.smoothed_covs[:, 0], steps, u, checked=checked,
+                         observations=observations)
 
 # %% ../nbs/04_objectives.ipynb
 def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, latent_replay, checked):
@@ -68,7 +69,7 @@ def _variational(model, y, u, mask, iteration, alpha, beta, burn_in, kl_anneal, 
     parts = {"smooth_log_lik": smooth_ll, "kl": kl}
     loss = -alpha * smooth_ll + beta * ramp(iteration, kl_anneal) * kl
     if alpha < 1:
-        replay = _replay(model, smoothed, u, T, checked)
+        replay = _replay(model, smoothed, u, T, checked, observations=not latent_replay)
         if latent_replay:
             targets = smoothed.smoothed_means.detach()
             replay_ll = _log_prob(targets, replay.means, replay.covs, checked, model.backend).mean()

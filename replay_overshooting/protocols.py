@@ -83,8 +83,8 @@ class PredictResult(NamedTuple):
     "Output of `ekf_predict`; entry k is the belief k steps after the given one."
     means: torch.Tensor  # (B,steps,n)
     covs: torch.Tensor  # (B,steps,n,n)
-    obs_means: torch.Tensor  # (B,steps,p) g(means)
-    obs_covs: torch.Tensor  # (B,steps,p,p) C covs Cᵀ + R
+    obs_means: torch.Tensor | None  # (B,steps,p) g(means); None when predicted without an observation model
+    obs_covs: torch.Tensor | None  # (B,steps,p,p) C covs Cᵀ + R; None likewise
     dynamics_jacobians: torch.Tensor  # (B,steps-1,n,n) A_k used for step k -> k+1
 
 

@@ -102,6 +102,10 @@ def test_predictor_matches_naive_loop():
             torch.testing.assert_close(pred.obs_covs[b, k], C @ cov @ C.T + R, atol=1e-10, rtol=0)
             A = jacobian(lambda z: dyn(z[None], u[b, k][None])[0], mean)
             mean, cov = dyn(mean[None], u[b, k][None])[0], A @ cov @ A.T + Q
+    latent = ekf_predict(dyn, None, mean=mu, cov=P0.expand(B, 3, 3), dynamics_cov=Q, obs_cov=R, steps=steps, u=u)
+    assert latent.obs_means is None and latent.obs_covs is None  # no observation model: latent beliefs only
+    torch.testing.assert_close(latent.means, pred.means, atol=0, rtol=0)
+    torch.testing.assert_close(latent.covs, pred.covs, atol=0, rtol=0)
 
 
 def test_masked_step_equals_dropping_the_observation():

@@ -150,3 +150,27 @@ def test_native_nodes_flush_subnormals_and_restore_the_thread_mode():
     assert torch.equal(native[0], torch.zeros_like(mean))
     torch.testing.assert_close(native[1], reference[1], rtol=0, atol=0)
     assert (subnormal * 1.0).item() != 0, "the node left subnormals flushed on this thread"
+
+
+@pytest.mark.skipif(native_loops() is None, reason="the C++ loops are not built here")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softplus_and_its_slope_match_torch_to_a_few_ulp(dtype):
+    """The networks' softplus and sigmoid come from one exponential in a loop of our own (`csrc/activation.h`):
+    checked against torch's in float64 over the whole range, the threshold where softplus turns linear, zero, and
+    inputs whose exponential vanishes."""
+    import torch
+    dtype = getattr(torch, dtype)
+    torch.manual_seed(0)
+    a = torch.cat([torch.randn(20000, dtype=dtype) * 10, torch.linspace(-700, 700, 20001, dtype=dtype),
+                   torch.randn(1000, dtype=dtype) * 1e-6,
+                   torch.tensor([0.0, 40.0, 40.0001, 39.9999, -80.0, -87.5, -1e4, 1e4, 20.0, -20.0], dtype=dtype)])
+    value, slope = native_loops().softplus_with_slope(a)
+    exact_value = torch.nn.functional.softplus(a.double(), 1, 40)
+    exact_slope = torch.sigmoid(a.double())
+    info = torch.finfo(dtype)
+    for ours, exact in ((value, exact_value), (slope, exact_slope)):
+        normal = exact.abs() > info.tiny * 2 ** 24  # below, the node flushes subnormal intermediates to zero
+        error = ((ours.double() - exact).abs() / exact.abs())[normal]
+        assert error.max() <= 4 * info.eps, f"{error.max() / info.eps:.1f} ulp"
+        assert (ours[~normal].double() - exact[~normal]).abs().max() <= info.tiny * 2 ** 24
+    assert torch.equal(value[a > 40], a[a > 40]) and torch.equal(slope[a > 40], torch.ones_like(a[a > 40]))

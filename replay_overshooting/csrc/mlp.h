@@ -1,5 +1,6 @@
 // The MLP's value and Jacobian, forward and backward (03a, 'The MLP's value and Jacobian').
 #pragma once
+#include "activation.h"
 #include "common.h"
 
 // Row-major products through the BLAS that libtorch carries (MKL's sgemm_/dgemm_ where it exports them), called
@@ -120,12 +121,15 @@ static Layers make_layers(const Tensors& params, int64_t activation, double beta
 }
 
 // What the backward of one forward needs, in one buffer: the input x and hidden units h_ℓ (B, o_ℓ), their
-// slopes d_ℓ, and the Jacobian chain's rows before and after each slope, (B, k, H) (the first `before` is the
-// chain's first rows (k, H), shared by the batch).
+// slopes d_ℓ, and the Jacobian chain's rows before each slope, (B, k, H) (the first `before` is the chain's first
+// rows (k, H), shared by the batch). The rows after a slope, before ⊙ d, are not kept: the backward recomputes
+// them block by block in cache. Kept, they doubled what a recursion writes to memory and reads back (16 kB per
+// batch element of the push dynamics, some 38 MB an iteration), and the loops that wrote them ran at the
+// memory's pace.
 struct MLPSaved {
   Tensor buffer;
   int64_t batch = 0;
-  std::vector<int64_t> h, d, before, after;  // offsets; h[0] is x, d[i] belongs to h[i] (d[0] unused)
+  std::vector<int64_t> h, d, before;  // offsets; h[0] is x, d[i] belongs to h[i] (d[0] unused)
 };
 
 // The hidden layer whose slope the chain's j-th step multiplies by; the step then multiplies with W_hidden
@@ -134,16 +138,26 @@ static size_t chain_hidden(const Layers& L, size_t j) { return L.reverse ? L.wei
 
 template <typename T>
 static void activate(T* a, T* h, int64_t size, int64_t activation) {  // a becomes the slope
-  Tensor a_ = wrap(a, {size}, {1}), h_ = wrap(h, {size}, {1});
   if (activation == SOFTPLUS) {
-    at::softplus_out(h_, a_, 1, kSoftplusLinearAbove);
-    at::sigmoid_(a_);
+    softplus_and_slope(a, h, size, T(kSoftplusLinearAbove));
   } else if (activation == TANH) {
-    at::tanh_out(h_, a_);
+    Tensor value = wrap(h, {size}, {1});
+    at::tanh_out(value, wrap(a, {size}, {1}));
     for (int64_t i = 0; i < size; ++i) a[i] = T(1) - h[i] * h[i];
   } else {
     for (int64_t i = 0; i < size; ++i) h[i] = a[i] > 0 ? a[i] : T(0), a[i] = a[i] > 0 ? T(1) : T(0);
   }
+}
+
+// `(softplus(a), sigmoid(a))` of a contiguous float tensor, as the networks' forward computes them (for tests).
+static std::pair<Tensor, Tensor> softplus_with_slope(const Tensor& a_in) {
+  NativeScope scope;
+  Tensor slope = a_in.contiguous().clone(), value = at::empty_like(slope);
+  AT_DISPATCH_FLOATING_TYPES(slope.scalar_type(), "softplus_with_slope", [&] {
+    softplus_and_slope(slope.data_ptr<scalar_t>(), value.data_ptr<scalar_t>(), slope.numel(),
+                       static_cast<scalar_t>(kSoftplusLinearAbove));
+  });
+  return {value, slope};
 }
 
 template <typename T>
@@ -163,6 +177,22 @@ static int64_t widest_layer(const Layers& L) {
   return widest;
 }
 
+// The chain's j-th rows after their slope, before ⊙ d, of batch elements b0..b1 (the block's rows, (b1 − b0, k, H))
+// into `after`.
+template <typename T>
+static void chain_after_slope(const Layers& L, const MLPSaved& s, size_t j, int64_t b0, int64_t b1, T* after) {
+  const int64_t k = L.rows, H = L.widths[chain_hidden(L, j)];
+  const T* base = s.buffer.const_data_ptr<T>();
+  const T *d = base + s.d[chain_hidden(L, j)], *first = L.first.const_data_ptr<T>();
+  for (int64_t bb = b0; bb < b1; ++bb)
+    for (int64_t r = 0; r < k; ++r) {
+      const T* y = j ? base + s.before[j] + (bb * k + r) * H : first + r * H;
+      const T* dd = d + bb * H;
+      T* o = after + ((bb - b0) * k + r) * H;
+      for (int64_t u = 0; u < H; ++u) o[u] = y[u] * dd[u];
+    }
+}
+
 template <typename T>
 static void mlp_forward_impl(const Tensor& x_in, const Layers& L, MLPSaved& s, T* out, T* J) {
   const int64_t B = x_in.size(0), count = L.weights.size(), k = L.rows, wrt = L.wrt;
@@ -172,10 +202,7 @@ static void mlp_forward_impl(const Tensor& x_in, const Layers& L, MLPSaved& s, T
   auto take = [&](int64_t n) { int64_t at = size; size += n; return at; };
   s.h.assign(count, 0), s.d.assign(count, 0);
   for (int64_t i = 0; i < count; ++i) s.h[i] = take(B * w[i]), s.d[i] = i ? take(B * w[i]) : 0;
-  for (int64_t j = 0; j + 1 < count; ++j) {
-    const int64_t H = w[chain_hidden(L, j)];
-    s.before.push_back(j ? take(k * B * H) : 0), s.after.push_back(take(k * B * H));
-  }
+  for (int64_t j = 0; j + 1 < count; ++j) s.before.push_back(j ? take(k * B * w[chain_hidden(L, j)]) : 0);
   s.buffer = at::empty({size}, x_in.options());
   T* base = s.buffer.data_ptr<T>();
   Tensor x = x_in.contiguous();
@@ -194,31 +221,23 @@ static void mlp_forward_impl(const Tensor& x_in, const Layers& L, MLPSaved& s, T
           L.weights.back().const_data_ptr<T>(), w[count - 1], T(1), out, w[count]);
   // The chain, rows (B, k, H): after = before ⊙ d (d broadcast over the k rows of an element), then the next
   // before = after · M; the last product gives the rows of J (reverse: J itself, (B, out, wrt)) or of Jᵀ.
-  const T* first = L.first.const_data_ptr<T>();
-  const int64_t last_width = L.reverse ? wrt : w[count], block = chain_block(L, widest_layer(L));
+  const int64_t last_width = L.reverse ? wrt : w[count], widest = widest_layer(L), block = chain_block(L, widest);
   auto transposed = L.reverse ? nullptr : scratch<T>(std::min(block, B) * k * last_width);
+  auto after = scratch<T>(std::min(block, B) * k * widest);
   for (int64_t b0 = 0; b0 < B; b0 += block) {
     const int64_t b1 = std::min(B, b0 + block), rows = (b1 - b0) * k;
     for (int64_t j = 0; j + 1 < count; ++j) {
       const size_t hidden = chain_hidden(L, j);
       const int64_t H = w[hidden];
-      const T* d = base + s.d[hidden];
-      T* after = base + s.after[j];
-      for (int64_t bb = b0; bb < b1; ++bb)
-        for (int64_t r = 0; r < k; ++r) {
-          const T* y = j ? base + s.before[j] + (bb * k + r) * H : first + r * H;
-          T* o = after + (bb * k + r) * H;
-          const T* dd = d + bb * H;
-          for (int64_t u = 0; u < H; ++u) o[u] = y[u] * dd[u];
-        }
+      chain_after_slope(L, s, j, b0, b1, after.get());
       const bool final = j + 2 == count;
       const T* M = L.weights[L.reverse ? hidden - 1 : hidden].const_data_ptr<T>();
       const int64_t width = final ? last_width : L.reverse ? w[hidden - 1] : w[hidden + 1];
       T* next = !final ? base + s.before[j + 1] + b0 * k * width : L.reverse ? J + b0 * k * wrt : transposed.get();
       if (L.reverse)  // rows of J: · W_ℓ (H, i_ℓ), only its first `wrt` columns at the input layer
-        gemm<T>(false, false, rows, width, H, after + b0 * k * H, H, M, w[hidden - 1], T(0), next, width);
+        gemm<T>(false, false, rows, width, H, after.get(), H, M, w[hidden - 1], T(0), next, width);
       else  // rows of Jᵀ: · W_ℓ+1ᵀ
-        gemm<T>(false, true, rows, width, H, after + b0 * k * H, H, M, H, T(0), next, width);
+        gemm<T>(false, true, rows, width, H, after.get(), H, M, H, T(0), next, width);
     }
     if (!L.reverse)  // J[b, o, c] = Jᵀ rows[b, c, o]
       for (int64_t bb = b0; bb < b1; ++bb)
@@ -273,7 +292,7 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
   const auto& w = L.widths;
   const T* base = s.buffer.const_data_ptr<T>();
   const int64_t widest = widest_layer(L), block = std::min(B, chain_block(L, widest));
-  auto G = scratch<T>(block * k * widest), GM = scratch<T>(block * k * widest);
+  auto G = scratch<T>(block * k * widest), GM = scratch<T>(block * k * widest), after = scratch<T>(block * k * widest);
   const T* first = L.first.const_data_ptr<T>();
   std::vector<std::unique_ptr<T[]>> slope_grads(count);
   for (int64_t i = 1; i < count; ++i) slope_grads[i] = scratch<T>(B * w[i]);
@@ -294,15 +313,15 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
     for (int64_t j = count - 2; j >= 0; --j) {
       const size_t hidden = chain_hidden(L, j);
       const int64_t H = w[hidden];
-      const T* after = base + s.after[j] + b0 * k * H;
+      chain_after_slope(L, s, j, b0, b1, after.get());
       if (L.reverse) {  // the step was after · W[:, :width]: ∂W += afterᵀ G, ∂after = G W[:, :width]ᵀ
         const size_t layer = hidden - 1;
-        gemm<T>(true, false, H, width, rows, after, H, grad_rows, width, T(1), totals.slots<T>(layer).first,
+        gemm<T>(true, false, H, width, rows, after.get(), H, grad_rows, width, T(1), totals.slots<T>(layer).first,
                 w[layer]);
         gemm<T>(false, true, rows, H, width, grad_rows, width, L.weights[layer].const_data_ptr<T>(), w[layer], T(0),
                 GM.get(), H);
       } else {  // the step was after · W_ℓ+1ᵀ: ∂W_ℓ+1 += Gᵀ after, ∂after = G W_ℓ+1
-        gemm<T>(true, false, width, H, rows, grad_rows, width, after, H, T(1), totals.slots<T>(hidden).first, H);
+        gemm<T>(true, false, width, H, rows, grad_rows, width, after.get(), H, T(1), totals.slots<T>(hidden).first, H);
         gemm<T>(false, false, rows, H, width, grad_rows, width, L.weights[hidden].const_data_ptr<T>(), H, T(0),
                 GM.get(), H);
       }

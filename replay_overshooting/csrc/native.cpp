@@ -28,6 +28,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rssm_posterior_forward", &rssm_posterior_forward);
   m.def("rssm_posterior_backward", &rssm_posterior_backward);
   m.def("small_cholesky_solve", &small_cholesky_solve);
+  m.def("softplus_with_slope", &softplus_with_slope);
   m.def("gaussian_kl", &gaussian_kl);
   m.def("gaussian_kl_backward", &gaussian_kl_backward);
   m.def("gaussian_log_density", &gaussian_log_density);
