@@ -171,10 +171,9 @@ struct TimeUpdate {
 
 static TimeUpdate time_update(const Tensor& mean, const Tensor& cov, const Tensor& u, const Tensor& Q,
                               const Layers& L, MLPSaved& s) {
-  Tensor x = u.defined() ? at::cat({mean, u}, -1) : mean;
-  auto [out, J] = mlp_forward(x, L, s);
+  auto [next_mean, J] = mlp_forward(mean, L, s, u, mean);  // μ + f([μ, u])
   auto [A, next_cov] = propagate_covariance(J, cov, Q);
-  return {mean + out, next_cov, A};
+  return {next_mean, next_cov, A};
 }
 
 struct TimeUpdateGrads {
