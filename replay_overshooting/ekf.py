@@ -234,9 +234,10 @@ def propagate_belief(
 # %% ../nbs/01_ekf.ipynb
 def cholesky_or_nan(
     M: torch.Tensor,  # symmetric positive-definite matrices `(..., n, n)`
+    cholesky_ex: Callable = torch.linalg.cholesky_ex,  # `M -> (L, info)`, as in `psd_cholesky`
 ) -> torch.Tensor:  # lower-triangular `L` with `L Lᵀ = M`, all NaN where the factorisation failed
     "Cholesky factor without a check: no host synchronisation and no branch on values, so safe under `vmap`."
-    L, info = torch.linalg.cholesky_ex(M)
+    L, info = cholesky_ex(M)
     return torch.where((info > 0)[..., None, None], torch.nan, L)
 
 

@@ -11,6 +11,7 @@ __all__ = ['constant', 'identity', 'symmetrize', 'CholeskyJitterWarning', 'NotPo
 import functools
 import math
 import warnings
+from typing import Callable
 
 import torch
 
@@ -46,9 +47,10 @@ def psd_cholesky(
     M: torch.Tensor,  # symmetric positive-definite matrices `(..., n, n)`
     max_jitter: float = 1e-3,  # largest jitter tried, relative to the mean diagonal magnitude
     name: str = "matrix",  # what `M` is, for warnings and errors
+    cholesky_ex: Callable = torch.linalg.cholesky_ex,  # `M -> (L, info)`: LAPACK's, or the C++ loops' (`_factorise_detached`)
 ) -> torch.Tensor:  # lower-triangular `L` with `L Lᵀ = M (+ jitter)`, shape `(..., n, n)`
     "Cholesky factor of `M`, retrying failed matrices with growing diagonal jitter."
-    L, info = torch.linalg.cholesky_ex(M)
+    L, info = cholesky_ex(M)
     if not bool((info > 0).any()):
         return L
     eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
@@ -56,7 +58,7 @@ def psd_cholesky(
     jitter = 100 * torch.finfo(M.dtype).eps
     while jitter <= max_jitter:
         failed = (info > 0).to(M.dtype)
-        L, info = torch.linalg.cholesky_ex(M + (failed * scale * jitter)[..., None, None] * eye)
+        L, info = cholesky_ex(M + (failed * scale * jitter)[..., None, None] * eye)
         if not bool((info > 0).any()):
             warnings.warn(
                 f"{name} was not numerically positive definite; added up to {jitter:.1e} x its mean "
@@ -87,6 +89,13 @@ def _native_loops(path: str, L: torch.Tensor):
     "The C++ loops where `path` is \"native\" and they have kernels for `L`'s systems `(..., n, n)` (n up to their limit); else None."
     loops = native_extension() if path == "native" else None
     return loops if loops is not None and L.shape[-1] <= loops.loop_state_limit else None
+
+
+def _factorise_detached(factorise, M: torch.Tensor, path: str) -> torch.Tensor:
+    """`factorise(M)` of `M (..., n, n)` detached, as the fused and native nodes take their factors; on the native
+    path with the C++ loops' Cholesky for small systems (`small_cholesky_ex`) instead of LAPACK's."""
+    loops = _native_loops(path, M)
+    return factorise(M.detach()) if loops is None else factorise(M.detach(), cholesky_ex=loops.small_cholesky_ex)
 
 
 def capturing(x: torch.Tensor) -> bool:
@@ -162,7 +171,7 @@ def _solve(
     path = resolve_backend(backend, B)
     if path == "reference":
         return factor_solve(B, factorise(A))
-    L = factorise(A.detach())
+    L = _factorise_detached(factorise, A, path)
     A, B, L = _common_batch((A, 2), (B, 2), (L, 2))
     return _SPDSolve.apply(A, B, L, _native_loops(path, L))
 
@@ -225,7 +234,7 @@ def _log_density(x, mean, cov, factorise, backend=None):
     path = resolve_backend(backend, cov)
     if path == "reference":
         return _log_density_from_factor(x - mean, factorise(cov))
-    L = factorise(cov.detach())
+    L = _factorise_detached(factorise, cov, path)
     x, mean, cov, L = _common_batch((x, 1), (mean, 1), (cov, 2), (L, 2))
     return _GaussianLogDensity.apply(x, mean, cov, L, _native_loops(path, L))
 
@@ -293,7 +302,7 @@ def _kl_divergence(mean_q, cov_q, mean_p, cov_p, factorise_q, factorise_p, backe
         diff = (mean_p - mean_q).unsqueeze(-1).expand(*Lp.shape[:-1], 1)
         M = torch.linalg.solve_triangular(Lp, torch.cat([Lq, diff], -1), upper=False)
         return 0.5 * (M.square().sum((-2, -1)) - mean_q.shape[-1]) + _half_log_det(Lp) - _half_log_det(Lq)
-    Lq, Lp = factorise_q(cov_q.detach()), factorise_p(cov_p.detach())
+    Lq, Lp = _factorise_detached(factorise_q, cov_q, path), _factorise_detached(factorise_p, cov_p, path)
     inputs = _common_batch((mean_q, 1), (cov_q, 2), (mean_p, 1), (cov_p, 2), (Lq, 2), (Lp, 2))
     return _GaussianKL.apply(*inputs, _native_loops(path, Lp))
 

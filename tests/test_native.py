@@ -174,3 +174,29 @@ def test_softplus_and_its_slope_match_torch_to_a_few_ulp(dtype):
         assert error.max() <= 4 * info.eps, f"{error.max() / info.eps:.1f} ulp"
         assert (ours[~normal].double() - exact[~normal]).abs().max() <= info.tiny * 2 ** 24
     assert torch.equal(value[a > 40], a[a > 40]) and torch.equal(slope[a > 40], torch.ones_like(a[a > 40]))
+
+
+@pytest.mark.skipif(native_loops() is None, reason="the C++ loops are not built here")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_cholesky_matches_lapack_and_reports_the_same_failures(dtype):
+    """`small_cholesky_ex`, the native path's factorisation of small covariances (`gaussian._factorise_detached`),
+    against `torch.linalg.cholesky_ex`: the factors where both succeed, and `info` (the first leading minor that
+    is not positive definite) for an indefinite matrix, a NaN and a singular one; batch shapes kept, larger
+    systems handed to LAPACK."""
+    import torch
+    dtype = getattr(torch, dtype)
+    torch.manual_seed(0)
+    for n in (1, 2, 5, 8, 12, 13):
+        X = torch.randn(3, 40, n, n + 2, dtype=dtype)
+        M = X @ X.mT / n + 1e-2 * torch.eye(n, dtype=dtype)
+        M[0, 0, n - 1, n - 1] = -1.0
+        M[0, 1, 0, 0] = float("nan")
+        M[0, 2] = 0.0
+        L, info = native_loops().small_cholesky_ex(M)
+        expected_L, expected_info = torch.linalg.cholesky_ex(M)
+        assert L.shape == M.shape and info.shape == M.shape[:-2] and info.dtype == torch.int32
+        assert torch.equal(info, expected_info), n
+        ok = info == 0
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(L[ok], expected_L[ok], atol=tolerance, rtol=tolerance)
+        assert torch.equal(L[ok], L[ok].tril())
