@@ -163,6 +163,21 @@ static std::pair<Tensor, Tensor> softplus_with_slope(const Tensor& a_in) {
 template <typename T>
 static std::unique_ptr<T[]> scratch(int64_t size) { return std::unique_ptr<T[]>(new T[size]); }  // uninitialised
 
+// Scratch memory of the network passes, kept by each thread from call to call: a push iteration makes some 300
+// passes, and allocating their buffers afresh each time cost several percent of it in malloc and free. `Slot`
+// names what a buffer holds, so that no two live buffers share one; the contents are not initialised.
+enum class Slot : size_t { forward_after, forward_transposed, chain_grad, chain_grad_product, backward_after, value_grad,
+                           hidden_grad, slope_grads };
+
+template <typename T>
+static T* reusable(Slot slot, int64_t size, size_t index = 0) {
+  thread_local std::vector<std::vector<T>> buffers;
+  const size_t at = static_cast<size_t>(slot) + index;
+  if (buffers.size() <= at) buffers.resize(at + 1);
+  if (static_cast<int64_t>(buffers[at].size()) < size) buffers[at].resize(size);
+  return buffers[at].data();
+}
+
 // Batch elements per block of the Jacobian chain: its rows (k per element) times the widest layer stay within
 // some 64 kB, so that each block's products and slopes work in the core's cache. At 784 elements (the smoother's
 // one-step priors of a push batch) the chain's (k·B, H) buffers are 1.6 MB each, and whole-batch passes ran at
@@ -239,22 +254,22 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
   // The chain, rows (B, k, H): after = before ⊙ d (d broadcast over the k rows of an element), then the next
   // before = after · M; the last product gives the rows of J (reverse: J itself, (B, out, wrt)) or of Jᵀ.
   const int64_t last_width = L.reverse ? wrt : w[count], widest = widest_layer(L), block = chain_block(L, widest);
-  auto transposed = L.reverse ? nullptr : scratch<T>(std::min(block, B) * k * last_width);
-  auto after = scratch<T>(std::min(block, B) * k * widest);
+  T* transposed = L.reverse ? nullptr : reusable<T>(Slot::forward_transposed, std::min(block, B) * k * last_width);
+  T* after = reusable<T>(Slot::forward_after, std::min(block, B) * k * widest);
   for (int64_t b0 = 0; b0 < B; b0 += block) {
     const int64_t b1 = std::min(B, b0 + block), rows = (b1 - b0) * k;
     for (int64_t j = 0; j + 1 < count; ++j) {
       const size_t hidden = chain_hidden(L, j);
       const int64_t H = w[hidden];
-      chain_after_slope(L, s, j, b0, b1, after.get());
+      chain_after_slope(L, s, j, b0, b1, after);
       const bool final = j + 2 == count;
       const T* M = L.weights[L.reverse ? hidden - 1 : hidden].const_data_ptr<T>();
       const int64_t width = final ? last_width : L.reverse ? w[hidden - 1] : w[hidden + 1];
-      T* next = !final ? base + s.before[j + 1] + b0 * k * width : L.reverse ? J + b0 * k * wrt : transposed.get();
+      T* next = !final ? base + s.before[j + 1] + b0 * k * width : L.reverse ? J + b0 * k * wrt : transposed;
       if (L.reverse)  // rows of J: · W_ℓ (H, i_ℓ), only its first `wrt` columns at the input layer
-        gemm<T>(false, false, rows, width, H, after.get(), H, M, w[hidden - 1], T(0), next, width);
+        gemm<T>(false, false, rows, width, H, after, H, M, w[hidden - 1], T(0), next, width);
       else  // rows of Jᵀ: · W_ℓ+1ᵀ
-        gemm<T>(false, true, rows, width, H, after.get(), H, M, H, T(0), next, width);
+        gemm<T>(false, true, rows, width, H, after, H, M, H, T(0), next, width);
     }
     if (!L.reverse)  // J[b, o, c] = Jᵀ rows[b, c, o]
       for (int64_t bb = b0; bb < b1; ++bb)
@@ -312,10 +327,11 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
   const auto& w = L.widths;
   const T* base = s.buffer.const_data_ptr<T>();
   const int64_t widest = widest_layer(L), block = std::min(B, chain_block(L, widest));
-  auto G = scratch<T>(block * k * widest), GM = scratch<T>(block * k * widest), after = scratch<T>(block * k * widest);
+  T *G = reusable<T>(Slot::chain_grad, block * k * widest), *GM = reusable<T>(Slot::chain_grad_product, block * k * widest);
+  T* after = reusable<T>(Slot::backward_after, block * k * widest);
   const T* first = L.first.const_data_ptr<T>();
-  std::vector<std::unique_ptr<T[]>> slope_grads(count);
-  for (int64_t i = 1; i < count; ++i) slope_grads[i] = scratch<T>(B * w[i]);
+  std::vector<T*> slope_grads(count);
+  for (int64_t i = 1; i < count; ++i) slope_grads[i] = reusable<T>(Slot::slope_grads, B * w[i], i);
   // The chain, back down block by block: ∂ℓ/∂(the rows after the last product), (B, k, width), is ∂J (reverse)
   // or its transpose.
   T* first_total = totals.slots<T>(L.reverse ? count - 1 : 0).first;
@@ -328,63 +344,64 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
         for (int64_t c = 0; c < k; ++c)
           for (int64_t o = 0; o < width; ++o)
             G[((bb - b0) * k + c) * width + o] = grad_J[(bb * width + o) * wrt + c];
-      grad_rows = G.get();
+      grad_rows = G;
     }
     for (int64_t j = count - 2; j >= 0; --j) {
       const size_t hidden = chain_hidden(L, j);
       const int64_t H = w[hidden];
-      chain_after_slope(L, s, j, b0, b1, after.get());
+      chain_after_slope(L, s, j, b0, b1, after);
       if (L.reverse) {  // the step was after · W[:, :width]: ∂W += afterᵀ G, ∂after = G W[:, :width]ᵀ
         const size_t layer = hidden - 1;
-        gemm<T>(true, false, H, width, rows, after.get(), H, grad_rows, width, T(1), totals.slots<T>(layer).first,
+        gemm<T>(true, false, H, width, rows, after, H, grad_rows, width, T(1), totals.slots<T>(layer).first,
                 w[layer]);
         gemm<T>(false, true, rows, H, width, grad_rows, width, L.weights[layer].const_data_ptr<T>(), w[layer], T(0),
-                GM.get(), H);
+                GM, H);
       } else {  // the step was after · W_ℓ+1ᵀ: ∂W_ℓ+1 += Gᵀ after, ∂after = G W_ℓ+1
-        gemm<T>(true, false, width, H, rows, grad_rows, width, after.get(), H, T(1), totals.slots<T>(hidden).first, H);
+        gemm<T>(true, false, width, H, rows, grad_rows, width, after, H, T(1), totals.slots<T>(hidden).first, H);
         gemm<T>(false, false, rows, H, width, grad_rows, width, L.weights[hidden].const_data_ptr<T>(), H, T(0),
-                GM.get(), H);
+                GM, H);
       }
       // through the slope: ∂d += Σ_k ∂after ⊙ before, ∂before = ∂after ⊙ d
       const T* d = base + s.d[hidden];
-      T* sg = slope_grads[hidden].get();
+      T* sg = slope_grads[hidden];
       for (int64_t bb = b0; bb < b1; ++bb) {
         T* acc = sg + bb * H;
         std::fill(acc, acc + H, T(0));
         for (int64_t r = 0; r < k; ++r) {
           const int64_t row = (bb - b0) * k + r;
-          const T* g = GM.get() + row * H;
+          const T* g = GM + row * H;
           const T* y = j ? base + s.before[j] + (bb * k + r) * H : first + r * H;
           const T* dd = d + bb * H;
-          T* o = G.get() + row * H;
+          T* o = G + row * H;
           for (int64_t u = 0; u < H; ++u) acc[u] += g[u] * y[u], o[u] = g[u] * dd[u];
         }
       }
-      grad_rows = G.get(), width = H;
+      grad_rows = G, width = H;
     }
     for (int64_t row = 0; row < rows; ++row) {  // the chain's first rows: W_L (reverse) or W_1[:, :wrt]ᵀ
       const int64_t r = row % k;
-      const T* g = G.get() + row * width;
+      const T* g = G + row * width;
       for (int64_t u = 0; u < width; ++u) {
         if (L.reverse) first_total[r * width + u] += g[u]; else first_total[u * w[0] + r] += g[u];
       }
     }
   }
   // the value pass: ∂a_L = ∂out; ∂h_ℓ = ∂a_ℓ+1 W_ℓ+1; ∂a_ℓ = ∂h_ℓ ⊙ d_ℓ + ∂d_ℓ ⊙ σ''(a_ℓ)
-  auto grad_a = scratch<T>(B * std::max(widest, w[0])), grad_h = scratch<T>(B * std::max(widest, w[0]));
-  std::copy(grad_out, grad_out + B * w[count], grad_a.get());
+  T *grad_a = reusable<T>(Slot::value_grad, B * std::max(widest, w[0]));
+  T* grad_h = reusable<T>(Slot::hidden_grad, B * std::max(widest, w[0]));
+  std::copy(grad_out, grad_out + B * w[count], grad_a);
   for (int64_t i = count - 1; i >= 0; --i) {
     const int64_t o = w[i + 1], H = w[i];
     auto [Wt, bt] = totals.slots<T>(i);
-    gemm<T>(true, false, o, H, B, grad_a.get(), o, base + s.h[i], H, T(1), Wt, H);
+    gemm<T>(true, false, o, H, B, grad_a, o, base + s.h[i], H, T(1), Wt, H);
     for (int64_t bb = 0; bb < B; ++bb)
       for (int64_t u = 0; u < o; ++u) bt[u] += grad_a[bb * o + u];
     if (i == 0) {
-      gemm<T>(false, false, B, H, o, grad_a.get(), o, L.weights[0].const_data_ptr<T>(), H, T(0), grad_x, H);
+      gemm<T>(false, false, B, H, o, grad_a, o, L.weights[0].const_data_ptr<T>(), H, T(0), grad_x, H);
       break;
     }
-    gemm<T>(false, false, B, H, o, grad_a.get(), o, L.weights[i].const_data_ptr<T>(), H, T(0), grad_h.get(), H);
-    const T *d = base + s.d[i], *h = base + s.h[i], *sg = slope_grads[i].get();
+    gemm<T>(false, false, B, H, o, grad_a, o, L.weights[i].const_data_ptr<T>(), H, T(0), grad_h, H);
+    const T *d = base + s.d[i], *h = base + s.h[i], *sg = slope_grads[i];
     for (int64_t e = 0; e < B * H; ++e) {
       const T curvature = L.activation == SOFTPLUS ? d[e] * (T(1) - d[e]) : L.activation == TANH ? T(-2) * h[e] * d[e] : T(0);
       grad_a[e] = grad_h[e] * d[e] + sg[e] * curvature;
