@@ -233,6 +233,27 @@ struct KalmanUpdate {
   Tensor mean, cov, S, info;
 };
 
+// L ← the lower Cholesky factor of one n×n matrix A (its lower triangle read; L's upper triangle left as it is).
+// Returns 0, or as LAPACK's potrf the order of the first leading minor that is not positive definite (a NaN
+// included); the columns from there on are not a factor (NaN, from the square root of a negative pivot).
+template <typename T>
+static inline int32_t cholesky_factor(const T* A, T* L, int64_t n) {
+  int32_t info = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    T pivot = A[j * n + j];
+    for (int64_t k = 0; k < j; ++k) pivot -= L[j * n + k] * L[j * n + k];
+    if (!(pivot > T(0)) && info == 0) info = static_cast<int32_t>(j + 1);
+    const T root = std::sqrt(pivot);
+    L[j * n + j] = root;
+    for (int64_t i = j + 1; i < n; ++i) {
+      T sum = A[i * n + j];
+      for (int64_t k = 0; k < j; ++k) sum -= L[i * n + k] * L[j * n + k];
+      L[i * n + j] = sum / root;
+    }
+  }
+  return info;
+}
+
 // X ← L⁻¹ X for one n×n lower triangular L and n×k right-hand sides X (forward substitution).
 template <typename T>
 static inline void forward_substitution(const T* L, T* X, int64_t n, int64_t k) {
@@ -277,25 +298,7 @@ static std::tuple<Tensor, Tensor> small_cholesky_ex(const Tensor& M_in) {
     const T* m = M.const_data_ptr<T>();
     T* l = L.mutable_data_ptr<T>();
     int32_t* failed = info.mutable_data_ptr<int32_t>();
-    for (int64_t b = 0; b < N; ++b) {
-      const T* A = m + b * nn;
-      T* F = l + b * nn;
-      for (int64_t j = 0; j < n && !failed[b]; ++j) {
-        T pivot = A[j * n + j];
-        for (int64_t k = 0; k < j; ++k) pivot -= F[j * n + k] * F[j * n + k];
-        if (!(pivot > T(0))) {
-          failed[b] = static_cast<int32_t>(j + 1);
-          break;
-        }
-        const T root = std::sqrt(pivot);
-        F[j * n + j] = root;
-        for (int64_t i = j + 1; i < n; ++i) {
-          T sum = A[i * n + j];
-          for (int64_t k = 0; k < j; ++k) sum -= F[i * n + k] * F[j * n + k];
-          F[i * n + j] = sum / root;
-        }
-      }
-    }
+    for (int64_t b = 0; b < N; ++b) failed[b] = cholesky_factor(m + b * nn, l + b * nn, n);
   });
   return {L, info};
 }
@@ -447,19 +450,7 @@ static int32_t kalman_element(int64_t n, int64_t p, const T* mean, const T* P, c
   product<false, false>(CP, C, P, p, n, n);
   std::copy(R, R + p * p, S);
   product<false, true, true>(S, CP, C, p, n, p);
-  int32_t info = 0;  // as LAPACK: the first column whose pivot is not positive, counted from 1
-  for (int64_t j = 0; j < p; ++j) {
-    T d = S[j * p + j];
-    for (int64_t k = 0; k < j; ++k) d -= L[j * p + k] * L[j * p + k];
-    if (!(d > 0) && info == 0) info = static_cast<int32_t>(j + 1);
-    const T pivot = std::sqrt(d);
-    L[j * p + j] = pivot;
-    for (int64_t i = j + 1; i < p; ++i) {
-      T acc = S[i * p + j];
-      for (int64_t k = 0; k < j; ++k) acc -= L[i * p + k] * L[j * p + k];
-      L[i * p + j] = acc / pivot;
-    }
-  }
+  const int32_t info = cholesky_factor(S, L, p);
   for (int64_t i = 0; i < p; ++i) {  // X = S⁻¹ [CP | y − ŷ]
     std::copy(CP + i * n, CP + (i + 1) * n, X + i * w);
     X[i * w + n] = y[i] - y_pred[i];
