@@ -160,6 +160,9 @@ static std::pair<Tensor, Tensor> softplus_with_slope(const Tensor& a_in) {
   return {value, slope};
 }
 
+// A (B, k) matrix whose rows are contiguous, whatever its row stride (copied to be so if they are not).
+static Tensor inner_rows(const Tensor& X) { return X.size(1) <= 1 || X.stride(1) == 1 ? X : X.contiguous(); }
+
 template <typename T>
 static std::unique_ptr<T[]> scratch(int64_t size) { return std::unique_ptr<T[]>(new T[size]); }  // uninitialised
 
@@ -208,15 +211,16 @@ static void chain_after_slope(const Layers& L, const MLPSaved& s, size_t j, int6
     }
 }
 
-// The input rows [x_b, u_b] (u undefined: x alone) into `h0` (B, i_1).
+// The input rows [x_b, u_b] (u undefined: x alone) into `h0` (B, i_1). The rows may be strided (a step's controls
+// u[:, t] of a (B, T, m) window are): copied row by row, without a contiguous copy first.
 template <typename T>
 static void gather_input(const Tensor& x_in, const Tensor& u_in, T* h0) {
-  Tensor x = x_in.contiguous(), u = u_in.defined() ? u_in.contiguous() : Tensor();
+  Tensor x = inner_rows(x_in), u = u_in.defined() ? inner_rows(u_in) : Tensor();
   const int64_t B = x.size(0), nx = x.size(1), nu = u.defined() ? u.size(1) : 0;
   const T *xp = x.const_data_ptr<T>(), *up = nu ? u.const_data_ptr<T>() : nullptr;
   for (int64_t b = 0; b < B; ++b) {
-    std::copy(xp + b * nx, xp + (b + 1) * nx, h0 + b * (nx + nu));
-    if (nu) std::copy(up + b * nu, up + (b + 1) * nu, h0 + b * (nx + nu) + nx);
+    std::copy(xp + b * x.stride(0), xp + b * x.stride(0) + nx, h0 + b * (nx + nu));
+    if (nu) std::copy(up + b * u.stride(0), up + b * u.stride(0) + nu, h0 + b * (nx + nu) + nx);
   }
 }
 
