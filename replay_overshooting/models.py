@@ -873,9 +873,9 @@ class EKFModel(nn.Module):
                 u: torch.Tensor | None = None, *, checked: bool = True, observations: bool = True) -> PredictResult:
         """Open-loop prediction of `steps` beliefs from `(mean (B,n), cov (B,n,n))`, the given one first;
         `observations=False` leaves out the observation moments (`obs_means`, `obs_covs` are None)."""
-        return ekf_predict(self.dynamics, self.observation if observations else None, mean=mean, cov=cov, dynamics_cov=self.dynamics_cov(),
-                           obs_cov=self.obs_cov(), steps=steps, u=self._controls(u, mean), checked=checked,
-                           cov_regularizer=self.cov_regularizer, backend=self.backend)
+        return ekf_predict(self.dynamics, self.observation if observations else None, mean=mean, cov=cov,
+                           dynamics_cov=self.dynamics_cov(), obs_cov=self.obs_cov(), steps=steps, u=self._controls(u, mean),
+                           checked=checked, cov_regularizer=self.cov_regularizer, backend=self.backend)
 
     def forecast(
         self,

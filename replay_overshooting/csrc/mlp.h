@@ -169,8 +169,10 @@ static std::unique_ptr<T[]> scratch(int64_t size) { return std::unique_ptr<T[]>(
 // Scratch memory of the network passes, kept by each thread from call to call: a push iteration makes some 300
 // passes, and allocating their buffers afresh each time cost several percent of it in malloc and free. `Slot`
 // names what a buffer holds, so that no two live buffers share one; the contents are not initialised.
-enum class Slot : size_t { forward_after, forward_transposed, chain_grad, chain_grad_product, backward_after, value_grad,
-                           hidden_grad, slope_grads };
+// `slope_grads` comes last: it takes one buffer per hidden layer from there on (`index`).
+enum class Slot : size_t {
+  forward_after, forward_transposed, chain_grad, chain_grad_product, backward_after, value_grad, hidden_grad, slope_grads
+};
 
 template <typename T>
 static T* reusable(Slot slot, int64_t size, size_t index = 0) {
@@ -195,16 +197,24 @@ static int64_t widest_layer(const Layers& L) {
   return widest;
 }
 
+// Row r of batch element bb of the chain's j-th rows before their slope, H wide: in the tape (`base`, its buffer),
+// or for j = 0 the chain's first rows (`first`, k × H), which the batch shares.
+template <typename T>
+static inline const T* chain_before_row(const MLPSaved& s, const T* base, const T* first, size_t j, int64_t k,
+                                        int64_t bb, int64_t r, int64_t H) {
+  return j ? base + s.before[j] + (bb * k + r) * H : first + r * H;
+}
+
 // The chain's j-th rows after their slope, before ⊙ d, of batch elements b0..b1 (the block's rows, (b1 − b0, k, H))
 // into `after`.
 template <typename T>
 static void chain_after_slope(const Layers& L, const MLPSaved& s, size_t j, int64_t b0, int64_t b1, T* after) {
   const int64_t k = L.rows, H = L.widths[chain_hidden(L, j)];
-  const T* base = s.buffer.const_data_ptr<T>();
-  const T *d = base + s.d[chain_hidden(L, j)], *first = L.first.const_data_ptr<T>();
+  const T *base = s.buffer.const_data_ptr<T>(), *first = L.first.const_data_ptr<T>();
+  const T* d = base + s.d[chain_hidden(L, j)];
   for (int64_t bb = b0; bb < b1; ++bb)
     for (int64_t r = 0; r < k; ++r) {
-      const T* y = j ? base + s.before[j] + (bb * k + r) * H : first + r * H;
+      const T* y = chain_before_row(s, base, first, j, k, bb, r, H);
       const T* dd = d + bb * H;
       T* o = after + ((bb - b0) * k + r) * H;
       for (int64_t u = 0; u < H; ++u) o[u] = y[u] * dd[u];
@@ -331,7 +341,8 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
   const auto& w = L.widths;
   const T* base = s.buffer.const_data_ptr<T>();
   const int64_t widest = widest_layer(L), block = std::min(B, chain_block(L, widest));
-  T *G = reusable<T>(Slot::chain_grad, block * k * widest), *GM = reusable<T>(Slot::chain_grad_product, block * k * widest);
+  T* G = reusable<T>(Slot::chain_grad, block * k * widest);
+  T* GM = reusable<T>(Slot::chain_grad_product, block * k * widest);
   T* after = reusable<T>(Slot::backward_after, block * k * widest);
   const T* first = L.first.const_data_ptr<T>();
   std::vector<T*> slope_grads(count);
@@ -374,7 +385,7 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
         for (int64_t r = 0; r < k; ++r) {
           const int64_t row = (bb - b0) * k + r;
           const T* g = GM + row * H;
-          const T* y = j ? base + s.before[j] + (bb * k + r) * H : first + r * H;
+          const T* y = chain_before_row(s, base, first, j, k, bb, r, H);
           const T* dd = d + bb * H;
           T* o = G + row * H;
           for (int64_t u = 0; u < H; ++u) acc[u] += g[u] * y[u], o[u] = g[u] * dd[u];
@@ -391,7 +402,7 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
     }
   }
   // the value pass: ∂a_L = ∂out; ∂h_ℓ = ∂a_ℓ+1 W_ℓ+1; ∂a_ℓ = ∂h_ℓ ⊙ d_ℓ + ∂d_ℓ ⊙ σ''(a_ℓ)
-  T *grad_a = reusable<T>(Slot::value_grad, B * std::max(widest, w[0]));
+  T* grad_a = reusable<T>(Slot::value_grad, B * std::max(widest, w[0]));
   T* grad_h = reusable<T>(Slot::hidden_grad, B * std::max(widest, w[0]));
   std::copy(grad_out, grad_out + B * w[count], grad_a);
   for (int64_t i = count - 1; i >= 0; --i) {
