@@ -200,3 +200,32 @@ def test_small_cholesky_matches_lapack_and_reports_the_same_failures(dtype):
         tolerance = 1e-5 if dtype == torch.float32 else 1e-12
         torch.testing.assert_close(L[ok], expected_L[ok], atol=tolerance, rtol=tolerance)
         assert torch.equal(L[ok], L[ok].tril())
+
+
+@pytest.mark.skipif(native_loops() is None, reason="the C++ loops are not built here")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("vector_bytes", [0, 16, 32, 64])
+def test_tiled_matrix_product_matches_torch(dtype, vector_bytes):
+    """`tiled_gemm`, the network passes' products C = op(A) B + βC, against torch's, in every configuration that
+    selects it: as dispatched on this processor (0) and the portable body at each vector width, A or Aᵀ, β = 0
+    (C's old contents, NaN here, are overwritten) and β = 1, strided rows, row counts that leave every partial
+    tile (1-5 rows), widths that leave partial column tiles, and no terms at all (K = 0)."""
+    import torch
+    dtype = getattr(torch, dtype)
+    torch.manual_seed(0)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for M, N, K in [(1, 1, 1), (5, 7, 3), (6, 16, 64), (13, 17, 5), (16, 64, 64), (16, 8, 64), (16, 14, 64),
+                    (128, 64, 8), (64, 64, 128), (9, 33, 0), (12, 64, 14)]:
+        for trans_a in (False, True):
+            for beta in (0.0, 1.0):
+                A = torch.randn(K, M + 3, dtype=dtype)[:, :M] if trans_a else torch.randn(M, K + 3, dtype=dtype)[:, :K]
+                B = torch.randn(K, N + 2, dtype=dtype)[:, :N]
+                start = torch.randn(M, N + 1, dtype=dtype)[:, :N]
+                C = torch.full((M, N + 1), float("nan"), dtype=dtype)[:, :N]
+                if beta:
+                    C.copy_(start)
+                native_loops().tiled_matmul(A, B, C, trans_a, beta, vector_bytes)
+                product = (A.mT if trans_a else A) @ B
+                expected = product + start if beta else product
+                torch.testing.assert_close(C, expected, atol=tolerance * max(K, 1) ** 0.5, rtol=tolerance,
+                                           msg=f"M={M} N={N} K={K} trans_a={trans_a} beta={beta}")

@@ -1,68 +1,7 @@
 // The MLP's value and Jacobian, forward and backward (03a, 'The MLP's value and Jacobian').
 #pragma once
 #include "activation.h"
-#include "common.h"
-
-// Row-major products through the BLAS that libtorch carries (MKL's sgemm_/dgemm_ where it exports them), called
-// on raw pointers: an ATen mm costs a tensor, a dispatch and an allocation each, which at these sizes (a 16-row
-// batch, 64 units) is as much as the arithmetic. Where no BLAS symbol is found, ATen's mm does the product.
-template <typename T>
-using BlasGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
-                          const int*, const T*, const int*, const T*, T*, const int*);
-
-template <typename T>
-static BlasGemm<T> blas_gemm() {
-  static const BlasGemm<T> gemm = [] {
-    void* symbol = nullptr;
-#if defined(__linux__)
-    if (void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD))
-      symbol = dlsym(torch_cpu, std::is_same<T, float>::value ? "sgemm_" : "dgemm_");
-#endif
-    return reinterpret_cast<BlasGemm<T>>(symbol);
-  }();
-  return gemm;
-}
-
-template <typename T>
-static Tensor wrap(const T* data, at::IntArrayRef sizes, at::IntArrayRef strides) {
-  return at::from_blob(const_cast<T*>(data), sizes, strides, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-}
-
-// C (M×N, row stride ldc) = op(A) op(B) + beta C, op(A) M×K and op(B) K×N, A and B row-major with row strides
-// lda, ldb (op(X) = Xᵀ when its flag is set). beta is 0 (C is overwritten, whatever it held) or 1.
-template <typename T>
-static void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                      const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    if (beta == T(0)) for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
-    return;
-  }
-  if (BlasGemm<T> blas = blas_gemm<T>()) {  // column-major Cᵀ = op(B)ᵀ op(A)ᵀ
-    const int m = N, n = M, k = K, la = lda, lb = ldb, lc = ldc;
-    const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-    const T one = 1;
-    blas(&ta, &tb, &m, &n, &k, &one, B, &lb, A, &la, &beta, C, &lc);
-    return;
-  }
-  Tensor a = trans_a ? wrap(A, {M, K}, {1, lda}) : wrap(A, {M, K}, {lda, 1});
-  Tensor b = trans_b ? wrap(B, {K, N}, {1, ldb}) : wrap(B, {K, N}, {ldb, 1});
-  Tensor c = wrap(C, {M, N}, {ldc, 1});
-  if (beta == T(0)) at::mm_out(c, a, b); else c.addmm_(a, b);
-}
-
-// MKL is slow at outputs a few columns wide (3-4× at 6272×64 by 64×8): those are computed as their transpose,
-// (op(B)ᵀ op(A)ᵀ)ᵀ, into scratch memory, and copied (or added) into C.
-template <typename T>
-static void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (N >= 16 || M * K < 8192) return gemm_blas(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
-  std::unique_ptr<T[]> transposed(new T[N * M]);
-  gemm_blas(!trans_b, !trans_a, N, M, K, B, ldb, A, lda, T(0), transposed.get(), M);
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j)
-      C[i * ldc + j] = (beta == T(0) ? T(0) : C[i * ldc + j]) + transposed[j * M + i];
-}
+#include "gemm.h"
 
 // Softplus is the identity above this input, as `models._SOFTPLUS_LINEAR_ABOVE` says: log(1 + e^a) - a = e^-40 is
 // below double's resolution there, so the value and its slope sigmoid(a) stay consistent.
@@ -74,6 +13,7 @@ constexpr double kSoftplusLinearAbove = 40;
 // whichever side is smaller.
 struct Layers {
   Tensors weights, biases;         // W_ℓ (o_ℓ, i_ℓ), b_ℓ (o_ℓ), ℓ = 1..L at indices 0..L-1
+  Tensors transposed;              // W_ℓᵀ (i_ℓ, o_ℓ): products by W_ℓᵀ read it with contiguous rows (`tiled_gemm`)
   Tensor first;                    // the chain's first rows (k, H): W_L (reverse) or W_1[:, :wrt]ᵀ
   std::vector<int64_t> widths;     // i_1, o_1, ..., o_L
   int64_t wrt, rows, activation;   // rows: k
@@ -117,6 +57,7 @@ static Layers make_layers(const Tensors& params, int64_t activation, double beta
   L.reverse = L.widths.back() <= wrt;
   L.rows = L.reverse ? L.widths.back() : wrt;
   L.first = L.reverse ? L.weights.back() : L.weights[0].slice(1, 0, wrt).t().contiguous();
+  for (const auto& W : L.weights) L.transposed.push_back(W.t().contiguous());
   return L;
 }
 
@@ -252,8 +193,8 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
     T *a = base + s.d[i + 1], *h = base + s.h[i + 1];
     const T* b = L.biases[i].const_data_ptr<T>();
     for (int64_t r = 0; r < B; ++r) std::copy(b, b + w[i + 1], a + r * w[i + 1]);
-    gemm<T>(false, true, B, w[i + 1], w[i], base + s.h[i], w[i], L.weights[i].const_data_ptr<T>(), w[i], T(1), a,
-            w[i + 1]);
+    gemm<T>(false, false, B, w[i + 1], w[i], base + s.h[i], w[i], L.transposed[i].const_data_ptr<T>(), w[i + 1],
+            T(1), a, w[i + 1]);
     activate(a, h, B * w[i + 1], L.activation);
   }
   const T* b = L.biases.back().const_data_ptr<T>();
@@ -263,8 +204,8 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
     const T* res = residual.const_data_ptr<T>();
     for (int64_t e = 0; e < B * w[count]; ++e) out[e] += res[e];
   }
-  gemm<T>(false, true, B, w[count], w[count - 1], base + s.h[count - 1], w[count - 1],
-          L.weights.back().const_data_ptr<T>(), w[count - 1], T(1), out, w[count]);
+  gemm<T>(false, false, B, w[count], w[count - 1], base + s.h[count - 1], w[count - 1],
+          L.transposed.back().const_data_ptr<T>(), w[count], T(1), out, w[count]);
   // The chain, rows (B, k, H): after = before ⊙ d (d broadcast over the k rows of an element), then the next
   // before = after · M; the last product gives the rows of J (reverse: J itself, (B, out, wrt)) or of Jᵀ.
   const int64_t last_width = L.reverse ? wrt : w[count], widest = widest_layer(L), block = chain_block(L, widest);
@@ -277,13 +218,11 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
       const int64_t H = w[hidden];
       chain_after_slope(L, s, j, b0, b1, after);
       const bool final = j + 2 == count;
-      const T* M = L.weights[L.reverse ? hidden - 1 : hidden].const_data_ptr<T>();
+      // rows of J (reverse): · W_ℓ (H, i_ℓ), only its first `wrt` columns at the input layer; rows of Jᵀ: · W_ℓ+1ᵀ
+      const T* M = L.reverse ? L.weights[hidden - 1].const_data_ptr<T>() : L.transposed[hidden].const_data_ptr<T>();
       const int64_t width = final ? last_width : L.reverse ? w[hidden - 1] : w[hidden + 1];
       T* next = !final ? base + s.before[j + 1] + b0 * k * width : L.reverse ? J + b0 * k * wrt : transposed;
-      if (L.reverse)  // rows of J: · W_ℓ (H, i_ℓ), only its first `wrt` columns at the input layer
-        gemm<T>(false, false, rows, width, H, after, H, M, w[hidden - 1], T(0), next, width);
-      else  // rows of Jᵀ: · W_ℓ+1ᵀ
-        gemm<T>(false, true, rows, width, H, after, H, M, H, T(0), next, width);
+      gemm<T>(false, false, rows, width, H, after, H, M, L.reverse ? w[hidden - 1] : width, T(0), next, width);
     }
     if (!L.reverse)  // J[b, o, c] = Jᵀ rows[b, c, o]
       for (int64_t bb = b0; bb < b1; ++bb)
@@ -369,7 +308,7 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
         const size_t layer = hidden - 1;
         gemm<T>(true, false, H, width, rows, after, H, grad_rows, width, T(1), totals.slots<T>(layer).first,
                 w[layer]);
-        gemm<T>(false, true, rows, H, width, grad_rows, width, L.weights[layer].const_data_ptr<T>(), w[layer], T(0),
+        gemm<T>(false, false, rows, H, width, grad_rows, width, L.transposed[layer].const_data_ptr<T>(), H, T(0),
                 GM, H);
       } else {  // the step was after · W_ℓ+1ᵀ: ∂W_ℓ+1 += Gᵀ after, ∂after = G W_ℓ+1
         gemm<T>(true, false, width, H, rows, grad_rows, width, after, H, T(1), totals.slots<T>(hidden).first, H);

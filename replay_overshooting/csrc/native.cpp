@@ -27,6 +27,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<RSSMTape, std::shared_ptr<RSSMTape>>(m, "RSSMTape");
   m.def("rssm_posterior_forward", &rssm_posterior_forward);
   m.def("rssm_posterior_backward", &rssm_posterior_backward);
+  m.def("tiled_matmul", &tiled_matmul);
   m.def("small_cholesky_ex", &small_cholesky_ex);
   m.def("small_cholesky_solve", &small_cholesky_solve);
   m.def("softplus_with_slope", &softplus_with_slope);
