@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from common import PAPER_CODE_SECONDS, benchmark_parser, parse_single_threaded, report
+from common import (PAPER_CODE_CPU, PAPER_CODE_SECONDS, benchmark_parser, paper_code_fields, parse_single_threaded,
+                    processor, report)
 from replay_overshooting.baselines import RSSM, paper_baseline
 
 CONFIGS = {
@@ -69,12 +70,12 @@ def main():
         for recurrence, seconds in times.items():
             med = statistics.median(seconds)
             extra = {"recurrence": recurrence} if isinstance(model, RSSM) else {}
-            if paper:
-                extra.update(paper_code_s=paper, speedup=round(paper / med, 2))
+            extra.update(paper_code_fields(name, med))
             report(f"train_{name}", med, min(seconds), max(seconds), model=name, batch=[cfg["batch"], cfg["T"]],
                    **extra)
             rows.append((name, recurrence if isinstance(model, RSSM) else "", med, paper))
-    print("\n| model | recurrence | median s | paper's code s | speed-up |\n|---|---|---|---|---|")
+    print(f"\nOn {processor()['cpu']}; the paper's code on {PAPER_CODE_CPU}.\n\n"
+          "| model | recurrence | median s | paper's code s | speed-up |\n|---|---|---|---|---|")
     for name, recurrence, med, paper in rows:
         print(f"| {name} | {recurrence} | {med:.4f} | {paper or ''} | {f'{paper / med:.1f}x' if paper else ''} |")
 

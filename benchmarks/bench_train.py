@@ -17,14 +17,16 @@ Prints one JSON line per measurement, then a table:
                                          push_sim, and the image EKF, the image CT-EKF (both integrators) and
                                          PlaNet on pendulum images; each line
                                          names the experiment, the data and the batch, and, where it was
-                                         measured, the paper's code's time (`paper_code_s`) and the speed-up;
+                                         measured, the paper's code's time (`paper_code_s`), the processor it
+                                         was timed on (`paper_code_cpu`) and the speed-up;
                                          the DT-EKF line is timed twice, from the initial weights and from
                                          those of 150 training iterations (`weights`);
   sweep                                  the push DT-EKF over window T, batch B and latent n (a subset by
                                          default, all 18 points with --full), and on CUDA when available
                                          (with `peak_gib`, the peak of allocated GPU memory; a point that
                                          does not fit prints `out_of_memory`).
-Every CPU measurement uses one thread and is the median of `--repeats` timed iterations after warm-up. The
+Every line names the processor it ran on (`cpu`, `cpu_capability`). Every CPU measurement uses one thread and
+is the median of `--repeats` timed iterations after warm-up. The
 discrete-time EKF runs its filter, smoother and replay recursions in C++ where they are built (`cpp_loops` in
 each line); `--backend reference|fused|native|auto` times another backend (`00b_backends`).
 """
@@ -34,8 +36,8 @@ import json
 import torch
 
 from common import (
-    CONFIGS, PAPER_CODE_SECONDS, REFERENCE_SECONDS, benchmark_parser, count_ops, cpp_loops_on,
-    parse_single_threaded, report, time_it)
+    CONFIGS, PAPER_CODE_CPU, PAPER_CODE_SECONDS, REFERENCE_SECONDS, benchmark_parser, count_ops, cpp_loops_on,
+    paper_code_fields, parse_single_threaded, processor, report, time_it)
 from replay_overshooting.data import SequenceDataset
 from replay_overshooting.models import EKFModel
 from replay_overshooting.objectives import vro
@@ -191,8 +193,7 @@ def measure_registered(name, *, repeats, warmup=2):
         extra.update(nfe=dynamics.function_evaluations, ms_per_evaluation=round(1e3 * med / dynamics.function_evaluations, 3),
                      method=dynamics.method, rtol=dynamics.rtol, atol=dynamics.atol, integrator=dynamics.integrator)
     paper = PAPER_CODE_SECONDS.get(experiment)
-    if paper:
-        extra.update(paper_code_s=paper, speedup=round(paper / med, 2))
+    extra.update(paper_code_fields(experiment, med))
     report(name, med, lo, hi, **extra)
     return name, med, paper, None
 
@@ -258,7 +259,9 @@ def main():
         points = SWEEP_FULL if args.full else SWEEP_DEFAULT
         for device in devices:
             rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device)
-    print("\n| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
+    print(f"\nOn {processor()['cpu']}; reference s: the reference implementation (`train_*`) or the paper's code\n"
+          f"(`registered_*`, timed on {PAPER_CODE_CPU}).\n\n"
+          "| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
     for name, med, ref, ops in rows:
         speedup = f"{ref / med:.1f}x" if ref else ""
         print(f"| {name} | {'out of memory' if med is None else f'{med:.4f}'} | {ref or ''} | {speedup} | {ops or ''} |")

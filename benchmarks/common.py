@@ -1,7 +1,9 @@
 """Shared timing helpers for the benchmark scripts (one CPU thread, median of repeated runs)."""
 import argparse
+import functools
 import json
 import os
+import platform
 import statistics
 import time
 
@@ -14,8 +16,10 @@ from replay_overshooting.native import hold_freed_memory, native_loops
 REFERENCE_SECONDS = {"vdp": 0.093, "push": 0.354, "pend": 0.150}
 
 # One training iteration (loss, backward, clipping, Adam) of the paper's own code at its registered sizes, on one
-# CPU thread in float32, measured beside this library on this machine class (one round each on a loaded 2-core
-# machine, so read the speed-ups as ratios). The DT-EKF push model measured 0.41-0.49 s in two rounds: the lower.
+# CPU thread in float32, measured beside this library on a 2-core Intel Xeon machine (`PAPER_CODE_CPU`; one round
+# each on a loaded machine, so read the speed-ups as ratios). The DT-EKF push model measured 0.41-0.49 s in two
+# rounds: the lower. A speed-up taken on another processor (a line's `cpu`) compares across machines.
+PAPER_CODE_CPU = "Intel Xeon (Sapphire Rapids, AVX-512)"
 PAPER_CODE_SECONDS = {"dt_ekf_push": 0.41, "planet_push": 0.105, "oo_planet_push": 0.243, "planet_pend_img": 15.6,
                       "ct_ekf_push": 2.63, "dt_ekf_kvae_pend_img": 18.8, "le_ekf_push": 2.80,
                       "ct_ekf_kvae_pend_img": 19.3}
@@ -59,15 +63,36 @@ def cpp_loops_on() -> bool:
     return default_backend() in ("auto", "native") and native_loops() is not None
 
 
+@functools.cache
+def processor() -> dict:
+    """The processor this process runs on: `cpu`, its model name (Linux's `/proc/cpuinfo`, else `platform`), and
+    `cpu_capability`, the widest vector instructions ATen's kernels use here (`AVX512`, `AVX2`, `DEFAULT` …)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"cpu": name, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def paper_code_fields(experiment, median_s) -> dict:
+    "`paper_code_s`, the processor it was timed on and the speed-up, where the paper's code was timed; else none."
+    paper = PAPER_CODE_SECONDS.get(experiment)
+    if paper is None:
+        return {}
+    return {"paper_code_s": paper, "paper_code_cpu": PAPER_CODE_CPU, "speedup": round(paper / median_s, 2)}
+
+
 def report(config, median_s, min_s, max_s, **extra):
     """Print one JSON line of results: `backend` is the default backend every call of this process ran with
     (`--backend`), `cpp_loops` whether the C++ recursions (`03a_native_loops`) ran (by default whether that backend
     may take them and they are built, which the discrete-time EKF with eager kernels on CPU then uses; callers
     that know the model pass it), and `held_freed_memory` whether malloc keeps freed memory as `train` has it do
-    on CPU (`hold_freed_memory`)."""
+    on CPU (`hold_freed_memory`); `cpu` and `cpu_capability` the processor (`processor`)."""
     print(json.dumps({"config": config, "median_s": round(median_s, 5), "min_s": round(min_s, 5),
                       "max_s": round(max_s, 5), "backend": default_backend(), "cpp_loops": cpp_loops_on(),
-                      "held_freed_memory": _held_freed_memory, **extra}), flush=True)
+                      "held_freed_memory": _held_freed_memory, **processor(), **extra}), flush=True)
 
 
 def benchmark_parser(description, *, repeats=15):

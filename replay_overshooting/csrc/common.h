@@ -3,9 +3,6 @@
 
 #include <torch/extension.h>
 
-#if defined(__linux__)
-#include <dlfcn.h>
-#endif
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #endif
@@ -40,6 +37,12 @@ static const Tensor& half_like(const Tensor& M) {
 }
 
 static Tensor symmetrize(const Tensor& M) { return (M + mT(M)).mul_(half_like(M)); }
+
+// A tensor over memory of ours (a scratch buffer, a slice of the tape), for the ATen kernels that serve it.
+template <typename T>
+static Tensor wrap(const T* data, at::IntArrayRef sizes, at::IntArrayRef strides) {
+  return at::from_blob(const_cast<T*>(data), sizes, strides, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
 
 // Subnormal floats read and written as zero on this thread while one lives: x86's FTZ and DAZ bits of MXCSR, the
 // previous mode restored when it goes (elsewhere it changes nothing). In training, adjoints of the Jacobian chain

@@ -1,65 +1,20 @@
-// Row-major matrix products of the network passes, C = op(A) op(B) + βC (03a, 'Matrix products').
+// Row-major matrix products of the network passes, C = op(A) B + βC (03a, 'Matrix products').
 #pragma once
 #include "common.h"
 
-// Through the BLAS that libtorch carries (MKL's sgemm_/dgemm_ where it exports them), called on raw pointers: an
-// ATen mm costs a tensor, a dispatch and an allocation each, which at these sizes (a 16-row batch, 64 units) is as
-// much as the arithmetic. Where no BLAS symbol is found, ATen's mm does the product.
-template <typename T>
-using BlasGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
-                          const int*, const T*, const int*, const T*, T*, const int*);
-
-template <typename T>
-static BlasGemm<T> blas_gemm() {
-  static const BlasGemm<T> gemm = [] {
-    void* symbol = nullptr;
-#if defined(__linux__)
-    if (void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD))
-      symbol = dlsym(torch_cpu, std::is_same<T, float>::value ? "sgemm_" : "dgemm_");
-#endif
-    return reinterpret_cast<BlasGemm<T>>(symbol);
-  }();
-  return gemm;
-}
-
-template <typename T>
-static Tensor wrap(const T* data, at::IntArrayRef sizes, at::IntArrayRef strides) {
-  return at::from_blob(const_cast<T*>(data), sizes, strides, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-}
-
-// C (M×N, row stride ldc) = op(A) op(B) + beta C, op(A) M×K and op(B) K×N, A and B row-major with row strides
-// lda, ldb (op(X) = Xᵀ when its flag is set). beta is 0 (C is overwritten, whatever it held) or 1.
-template <typename T>
-static void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                      const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    if (beta == T(0)) for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
-    return;
-  }
-  if (BlasGemm<T> blas = blas_gemm<T>()) {  // column-major Cᵀ = op(B)ᵀ op(A)ᵀ
-    const int m = N, n = M, k = K, la = lda, lb = ldb, lc = ldc;
-    const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-    const T one = 1;
-    blas(&ta, &tb, &m, &n, &k, &one, B, &lb, A, &la, &beta, C, &lc);
-    return;
-  }
-  Tensor a = trans_a ? wrap(A, {M, K}, {1, lda}) : wrap(A, {M, K}, {lda, 1});
-  Tensor b = trans_b ? wrap(B, {K, N}, {1, ldb}) : wrap(B, {K, N}, {ldb, 1});
-  Tensor c = wrap(C, {M, N}, {ldc, 1});
-  if (beta == T(0)) at::mm_out(c, a, b); else c.addmm_(a, b);
-}
-
-// A register-tiled product for the case the networks pose, op(B) = B with contiguous rows (their weights are kept
-// transposed for it, `Layers`). MKL copies both operands into its own layout at every call, and scales C first when
-// β = 0: in a push DT-EKF iteration on a Zen 3 core (AVX2, one thread) those copies and scalings took 11 % of the
-// iteration beside 32 % in its multiply kernel. Alone, 16×64 by 64×64 took 1.9 µs through sgemm_ and 1.4 µs here,
-// 128×64 by 64×64 11.6 µs and 11.2 µs.
+// Every product of the network passes and the RSSM is C (M×N, row stride ldc) = op(A) B + beta C, op(A) = A
+// (M×K, row stride lda) or Aᵀ (A K×M), and B (K×N, row stride ldb) read by contiguous rows: the weights are kept
+// transposed beside the originals for the products by Wᵀ (`Layers`, the RSSM's forward). beta is 0 (C is
+// overwritten, whatever it held) or 1. These products were MKL's sgemm_, called on raw pointers: at 16 to 256 rows
+// it copies both operands into its own layout at every call, and scales C first when β = 0; in a push DT-EKF
+// iteration on a Zen 3 core (AVX2, one thread) those copies and scalings took 11 % of the iteration beside 32 % in
+// its multiply kernel. Alone, 16×64 by 64×64 took 1.9 µs through sgemm_ and 1.4 µs here, 128×64 by 64×64 11.6 µs
+// and 11.2 µs. An ATen mm costs more again: a tensor, a dispatch and an allocation each.
 //
 // Each tile of C is R ≤ 6 rows by two vectors of S bytes (16 floats with AVX2), kept in 2R registers over the whole
 // sum: per k, two loads of B's row k, R broadcasts of op(A)[i, k], 2R fused multiply-adds. op(A) = Aᵀ costs nothing
 // here: it only changes where the broadcast reads. Columns past N in the last tile are computed on a zero-padded
-// copy of B's rows and not stored. The loops are written once, on GCC's vector types; `tiled_gemm` runs them
+// copy of B's rows and not stored. The loops are written once, on GCC's vector types; `gemm` runs them
 // compiled for AVX-512, for AVX2 with FMA, or for the x86-64 baseline, whichever the processor has.
 template <typename T, int S>
 struct Lanes {
@@ -157,10 +112,10 @@ __attribute__((target("avx2,fma"))) void tiled_gemm_avx2(TILED_GEMM_PARAMETERS) 
 template <typename T, int S>
 void tiled_gemm_portable(TILED_GEMM_PARAMETERS) { tiled_gemm_body<T, S>(TILED_GEMM_ARGUMENTS); }
 
-// C (M×N) = op(A) B + beta C as `gemm_blas` takes them, B's rows contiguous (K×N, row stride ldb).
+// C (M×N) = op(A) B + beta C, as above.
 template <typename T>
-static void tiled_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                       int64_t ldb, T beta, T* C, int64_t ldc) {
+static void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+                 T beta, T* C, int64_t ldc) {
   thread_local std::vector<T> padding;  // kept from call to call, like the network passes' scratch buffers
   T* padded_rows = nullptr;
   if (N % Lanes<T, 64>::tile) {
@@ -176,22 +131,7 @@ static void tiled_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A
   tiled_gemm_portable<T, 16>(TILED_GEMM_ARGUMENTS);
 }
 
-// The products of the passes: the tiled kernel where op(B) = B, BLAS where op(B) = Bᵀ (the RSSM's weights). MKL is
-// slow at outputs a few columns wide (3-4× at 6272×64 by 64×8): those are computed as their transpose,
-// (op(B)ᵀ op(A)ᵀ)ᵀ, into scratch memory, and copied (or added) into C.
-template <typename T>
-static void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (!trans_b) return tiled_gemm(trans_a, M, N, K, A, lda, B, ldb, beta, C, ldc);
-  if (N >= 16 || M * K < 8192) return gemm_blas(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
-  std::unique_ptr<T[]> transposed(new T[N * M]);
-  gemm_blas(!trans_b, !trans_a, N, M, K, B, ldb, A, lda, T(0), transposed.get(), M);
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j)
-      C[i * ldc + j] = (beta == T(0) ? T(0) : C[i * ldc + j]) + transposed[j * M + i];
-}
-
-// `op(A) B + beta C` into C, through `tiled_gemm` (`vector_bytes` 0) or through its portable body with vectors of
+// `op(A) B + beta C` into C, through `gemm` (`vector_bytes` 0) or through its portable body with vectors of
 // 16, 32 or 64 bytes, for the tests. A is (M, K), or (K, M) with `trans_a`; B (K, N); C (M, N); each with unit
 // column stride and any row stride.
 static void tiled_matmul(const Tensor& A, const Tensor& B, const Tensor& C, bool trans_a, double beta,
@@ -209,7 +149,7 @@ static void tiled_matmul(const Tensor& A, const Tensor& B, const Tensor& C, bool
     T* c = C.data_ptr<T>();
     const T scale = static_cast<T>(beta);
     std::vector<T> padded_rows(K * (N + Lanes<T, 64>::tile));
-    if (vector_bytes == 0) tiled_gemm<T>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc);
+    if (vector_bytes == 0) gemm<T>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc);
     else if (vector_bytes == 16) tiled_gemm_portable<T, 16>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc, padded_rows.data());
     else if (vector_bytes == 32) tiled_gemm_portable<T, 32>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc, padded_rows.data());
     else if (vector_bytes == 64) tiled_gemm_portable<T, 64>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc, padded_rows.data());

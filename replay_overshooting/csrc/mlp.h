@@ -13,7 +13,7 @@ constexpr double kSoftplusLinearAbove = 40;
 // whichever side is smaller.
 struct Layers {
   Tensors weights, biases;         // W_ℓ (o_ℓ, i_ℓ), b_ℓ (o_ℓ), ℓ = 1..L at indices 0..L-1
-  Tensors transposed;              // W_ℓᵀ (i_ℓ, o_ℓ): products by W_ℓᵀ read it with contiguous rows (`tiled_gemm`)
+  Tensors transposed;              // W_ℓᵀ (i_ℓ, o_ℓ): products by W_ℓᵀ read it with contiguous rows (`gemm`)
   Tensor first;                    // the chain's first rows (k, H): W_L (reverse) or W_1[:, :wrt]ᵀ
   std::vector<int64_t> widths;     // i_1, o_1, ..., o_L
   int64_t wrt, rows, activation;   // rows: k
@@ -193,7 +193,7 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
     T *a = base + s.d[i + 1], *h = base + s.h[i + 1];
     const T* b = L.biases[i].const_data_ptr<T>();
     for (int64_t r = 0; r < B; ++r) std::copy(b, b + w[i + 1], a + r * w[i + 1]);
-    gemm<T>(false, false, B, w[i + 1], w[i], base + s.h[i], w[i], L.transposed[i].const_data_ptr<T>(), w[i + 1],
+    gemm<T>(false, B, w[i + 1], w[i], base + s.h[i], w[i], L.transposed[i].const_data_ptr<T>(), w[i + 1],
             T(1), a, w[i + 1]);
     activate(a, h, B * w[i + 1], L.activation);
   }
@@ -204,7 +204,7 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
     const T* res = residual.const_data_ptr<T>();
     for (int64_t e = 0; e < B * w[count]; ++e) out[e] += res[e];
   }
-  gemm<T>(false, false, B, w[count], w[count - 1], base + s.h[count - 1], w[count - 1],
+  gemm<T>(false, B, w[count], w[count - 1], base + s.h[count - 1], w[count - 1],
           L.transposed.back().const_data_ptr<T>(), w[count], T(1), out, w[count]);
   // The chain, rows (B, k, H): after = before ⊙ d (d broadcast over the k rows of an element), then the next
   // before = after · M; the last product gives the rows of J (reverse: J itself, (B, out, wrt)) or of Jᵀ.
@@ -222,7 +222,7 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
       const T* M = L.reverse ? L.weights[hidden - 1].const_data_ptr<T>() : L.transposed[hidden].const_data_ptr<T>();
       const int64_t width = final ? last_width : L.reverse ? w[hidden - 1] : w[hidden + 1];
       T* next = !final ? base + s.before[j + 1] + b0 * k * width : L.reverse ? J + b0 * k * wrt : transposed;
-      gemm<T>(false, false, rows, width, H, after, H, M, L.reverse ? w[hidden - 1] : width, T(0), next, width);
+      gemm<T>(false, rows, width, H, after, H, M, L.reverse ? w[hidden - 1] : width, T(0), next, width);
     }
     if (!L.reverse)  // J[b, o, c] = Jᵀ rows[b, c, o]
       for (int64_t bb = b0; bb < b1; ++bb)
@@ -306,13 +306,13 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
       chain_after_slope(L, s, j, b0, b1, after);
       if (L.reverse) {  // the step was after · W[:, :width]: ∂W += afterᵀ G, ∂after = G W[:, :width]ᵀ
         const size_t layer = hidden - 1;
-        gemm<T>(true, false, H, width, rows, after, H, grad_rows, width, T(1), totals.slots<T>(layer).first,
+        gemm<T>(true, H, width, rows, after, H, grad_rows, width, T(1), totals.slots<T>(layer).first,
                 w[layer]);
-        gemm<T>(false, false, rows, H, width, grad_rows, width, L.transposed[layer].const_data_ptr<T>(), H, T(0),
+        gemm<T>(false, rows, H, width, grad_rows, width, L.transposed[layer].const_data_ptr<T>(), H, T(0),
                 GM, H);
       } else {  // the step was after · W_ℓ+1ᵀ: ∂W_ℓ+1 += Gᵀ after, ∂after = G W_ℓ+1
-        gemm<T>(true, false, width, H, rows, grad_rows, width, after, H, T(1), totals.slots<T>(hidden).first, H);
-        gemm<T>(false, false, rows, H, width, grad_rows, width, L.weights[hidden].const_data_ptr<T>(), H, T(0),
+        gemm<T>(true, width, H, rows, grad_rows, width, after, H, T(1), totals.slots<T>(hidden).first, H);
+        gemm<T>(false, rows, H, width, grad_rows, width, L.weights[hidden].const_data_ptr<T>(), H, T(0),
                 GM, H);
       }
       // through the slope: ∂d += Σ_k ∂after ⊙ before, ∂before = ∂after ⊙ d
@@ -347,14 +347,14 @@ static void mlp_backward_impl(const MLPSaved& s, const Layers& L, const T* grad_
   for (int64_t i = count - 1; i >= 0; --i) {
     const int64_t o = w[i + 1], H = w[i];
     auto [Wt, bt] = totals.slots<T>(i);
-    gemm<T>(true, false, o, H, B, grad_a, o, base + s.h[i], H, T(1), Wt, H);
+    gemm<T>(true, o, H, B, grad_a, o, base + s.h[i], H, T(1), Wt, H);
     for (int64_t bb = 0; bb < B; ++bb)
       for (int64_t u = 0; u < o; ++u) bt[u] += grad_a[bb * o + u];
     if (i == 0) {
-      gemm<T>(false, false, B, H, o, grad_a, o, L.weights[0].const_data_ptr<T>(), H, T(0), grad_x, H);
+      gemm<T>(false, B, H, o, grad_a, o, L.weights[0].const_data_ptr<T>(), H, T(0), grad_x, H);
       break;
     }
-    gemm<T>(false, false, B, H, o, grad_a, o, L.weights[i].const_data_ptr<T>(), H, T(0), grad_h, H);
+    gemm<T>(false, B, H, o, grad_a, o, L.weights[i].const_data_ptr<T>(), H, T(0), grad_h, H);
     const T *d = base + s.d[i], *h = base + s.h[i], *sg = slope_grads[i];
     for (int64_t e = 0; e < B * H; ++e) {
       const T curvature = L.activation == SOFTPLUS ? d[e] * (T(1) - d[e]) : L.activation == TANH ? T(-2) * h[e] * d[e] : T(0);

@@ -52,10 +52,14 @@ template <typename T>
 static void rssm_forward_impl(RSSMTape& tp, const T* control, const T* embedding, T* h, T* s, T* mean, T* std_dev,
                               double min_std) {
   const int64_t B = tp.B, n = tp.n, H = tp.H, D = tp.D;
-  const T *w_s = tp.weights[0].const_data_ptr<T>(), *w_ih = tp.weights[1].const_data_ptr<T>(),
-          *b_ih = tp.weights[2].const_data_ptr<T>(), *w_hh = tp.weights[3].const_data_ptr<T>(),
-          *b_hh = tp.weights[4].const_data_ptr<T>(), *w_h = tp.weights[5].const_data_ptr<T>(),
-          *w_o = tp.weights[6].const_data_ptr<T>(), *b_o = tp.weights[7].const_data_ptr<T>();
+  // the products' weights transposed, (in, out), so that every product reads them by contiguous rows (`gemm`)
+  const Tensor w_s_t = tp.weights[0].t().contiguous(), w_ih_t = tp.weights[1].t().contiguous(),
+               w_hh_t = tp.weights[3].t().contiguous(), w_h_t = tp.weights[5].t().contiguous(),
+               w_o_t = tp.weights[6].t().contiguous();
+  const T *w_s = w_s_t.const_data_ptr<T>(), *w_ih = w_ih_t.const_data_ptr<T>(),
+          *b_ih = tp.weights[2].const_data_ptr<T>(), *w_hh = w_hh_t.const_data_ptr<T>(),
+          *b_hh = tp.weights[4].const_data_ptr<T>(), *w_h = w_h_t.const_data_ptr<T>(),
+          *w_o = w_o_t.const_data_ptr<T>(), *b_o = tp.weights[7].const_data_ptr<T>();
   const T* eps = tp.eps.const_data_ptr<T>();
   T *x = tp.x.data_ptr<T>(), *gates = tp.gates.data_ptr<T>(), *hidden_n = tp.hidden_n.data_ptr<T>(),
     *a = tp.a.data_ptr<T>(), *raw = tp.raw_std.data_ptr<T>();
@@ -67,13 +71,13 @@ static void rssm_forward_impl(RSSMTape& tp, const T* control, const T* embedding
     } else {
       T* x_t = x + t * B * H;
       std::copy(control + (t - 1) * B * H, control + t * B * H, x_t);
-      gemm<T>(false, true, B, H, n, s + (t - 1) * B * n, n, w_s, n, T(1), x_t, H);
+      gemm<T>(false, B, H, n, s + (t - 1) * B * n, n, w_s, H, T(1), x_t, H);
       elu_inplace(x_t, B * H);
       const T* h_prev = h + (t - 1) * B * D;
       fill_rows(input_part.get(), b_ih, B, 3 * D);
-      gemm<T>(false, true, B, 3 * D, H, x_t, H, w_ih, H, T(1), input_part.get(), 3 * D);
+      gemm<T>(false, B, 3 * D, H, x_t, H, w_ih, 3 * D, T(1), input_part.get(), 3 * D);
       fill_rows(hidden_part.get(), b_hh, B, 3 * D);
-      gemm<T>(false, true, B, 3 * D, D, h_prev, D, w_hh, D, T(1), hidden_part.get(), 3 * D);
+      gemm<T>(false, B, 3 * D, D, h_prev, D, w_hh, 3 * D, T(1), hidden_part.get(), 3 * D);
       T *g = gates + t * B * 3 * D, *hn = hidden_n + t * B * D;
       const T *gi = input_part.get(), *gh = hidden_part.get();
       for (int64_t b = 0; b < B; ++b)
@@ -95,10 +99,10 @@ static void rssm_forward_impl(RSSMTape& tp, const T* control, const T* embedding
     }
     T* a_t = a + t * B * H;
     std::copy(embedding + t * B * H, embedding + (t + 1) * B * H, a_t);
-    gemm<T>(false, true, B, H, D, h_t, D, w_h, D, T(1), a_t, H);
+    gemm<T>(false, B, H, D, h_t, D, w_h, H, T(1), a_t, H);
     elu_inplace(a_t, B * H);
     fill_rows(out.get(), b_o, B, 2 * n);
-    gemm<T>(false, true, B, 2 * n, H, a_t, H, w_o, H, T(1), out.get(), 2 * n);
+    gemm<T>(false, B, 2 * n, H, a_t, H, w_o, 2 * n, T(1), out.get(), 2 * n);
     T *raw_t = raw + t * B * n, *std_t = std_dev + t * B * n;
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < n; ++j) mean[(t * B + b) * n + j] = out[b * 2 * n + j], raw_t[b * n + j] = out[b * 2 * n + n + j];
@@ -182,12 +186,12 @@ static void rssm_backward_impl(const RSSMTape& tp, const T* g_h, const T* g_s, c
         go[b * 2 * n + n + j] = (g_std[at] + gs * eps[at]) * slope[at];
       }
     T* gpa = g_pre_a + t * B * H;
-    gemm<T>(false, false, B, H, 2 * n, go, 2 * n, w_o, H, T(0), gpa, H);
+    gemm<T>(false, B, H, 2 * n, go, 2 * n, w_o, H, T(0), gpa, H);
     const T* a_t = a + t * B * H;
     for (int64_t i = 0; i < B * H; ++i) gpa[i] *= elu_slope(a_t[i]);
     T* gH = g_h_total.get();
     for (int64_t i = 0; i < B * D; ++i) gH[i] = g_h[t * B * D + i] + g_h_carry[i];
-    gemm<T>(false, false, B, D, H, gpa, H, w_h, D, T(1), gH, D);
+    gemm<T>(false, B, D, H, gpa, H, w_h, D, T(1), gH, D);
     if (t == 0) break;
     const T *h_prev = h + (t - 1) * B * D, *g = gates + t * B * 3 * D, *hn = hidden_n + t * B * D;
     T *gi = g_input.get() + t * B * 3 * D, *gh = g_hidden.get() + t * B * 3 * D, *carry = g_h_carry.get();
@@ -205,25 +209,25 @@ static void rssm_backward_impl(const RSSMTape& tp, const T* g_h, const T* g_s, c
         cb[j] = gHb[j] * z[j];
       }
     }
-    gemm<T>(false, false, B, D, 3 * D, gh, 3 * D, w_hh, D, T(1), carry, D);
-    gemm<T>(false, false, B, H, 3 * D, gi, 3 * D, w_ih, H, T(0), g_x.get(), H);
+    gemm<T>(false, B, D, 3 * D, gh, 3 * D, w_hh, D, T(1), carry, D);
+    gemm<T>(false, B, H, 3 * D, gi, 3 * D, w_ih, H, T(0), g_x.get(), H);
     T* gpx = g_pre_x + (t - 1) * B * H;
     const T* x_t = x + t * B * H;
     for (int64_t i = 0; i < B * H; ++i) gpx[i] = g_x[i] * elu_slope(x_t[i]);
-    gemm<T>(false, false, B, n, H, gpx, H, w_s, n, T(0), g_s_carry.get(), n);
+    gemm<T>(false, B, n, H, gpx, H, w_s, n, T(0), g_s_carry.get(), n);
   }
   // Weight gradients, each one product over the steps' rows: ∂W = Σ_t (∂out_t)ᵀ in_t.
   const int64_t all = steps * B, later = (steps - 1) * B;
   T *gw_s = g_weights[0].data_ptr<T>(), *gw_ih = g_weights[1].data_ptr<T>(), *gb_ih = g_weights[2].data_ptr<T>(),
     *gw_hh = g_weights[3].data_ptr<T>(), *gb_hh = g_weights[4].data_ptr<T>(), *gw_h = g_weights[5].data_ptr<T>(),
     *gw_o = g_weights[6].data_ptr<T>(), *gb_o = g_weights[7].data_ptr<T>();
-  gemm<T>(true, false, H, n, later, g_pre_x, H, s, n, T(0), gw_s, n);
-  gemm<T>(true, false, 3 * D, H, later, g_input.get() + B * 3 * D, 3 * D, x + B * H, H, T(0), gw_ih, H);
+  gemm<T>(true, H, n, later, g_pre_x, H, s, n, T(0), gw_s, n);
+  gemm<T>(true, 3 * D, H, later, g_input.get() + B * 3 * D, 3 * D, x + B * H, H, T(0), gw_ih, H);
   column_sums(g_input.get() + B * 3 * D, later, 3 * D, gb_ih);
-  gemm<T>(true, false, 3 * D, D, later, g_hidden.get() + B * 3 * D, 3 * D, h, D, T(0), gw_hh, D);
+  gemm<T>(true, 3 * D, D, later, g_hidden.get() + B * 3 * D, 3 * D, h, D, T(0), gw_hh, D);
   column_sums(g_hidden.get() + B * 3 * D, later, 3 * D, gb_hh);
-  gemm<T>(true, false, H, D, all, g_pre_a, H, h, D, T(0), gw_h, D);
-  gemm<T>(true, false, 2 * n, H, all, g_out.get(), 2 * n, a, H, T(0), gw_o, H);
+  gemm<T>(true, H, D, all, g_pre_a, H, h, D, T(0), gw_h, D);
+  gemm<T>(true, 2 * n, H, all, g_out.get(), 2 * n, a, H, T(0), gw_o, H);
   column_sums(g_out.get(), all, 2 * n, gb_o);
 }
 
