@@ -24,7 +24,7 @@ down, and rounds of one variant here varied by up to 1.5x, far more than the pie
 import contextlib
 import json
 
-from common import CONFIGS, benchmark_parser, parse_single_threaded, time_it
+from common import CONFIGS, benchmark_parser, parse_single_threaded, processor, time_it
 from bench_train import problem, training_step
 from replay_overshooting import ekf, gaussian, models
 
@@ -88,7 +88,7 @@ def main():
         native = fastest["native"]
         for name, seconds in fastest.items():
             line = {"config": config, "variant": name, "fastest_round_s": round(seconds, 5),
-                    "rounds_s": [round(t, 5) for t in times[name]]}
+                    "rounds_s": [round(t, 5) for t in times[name]], **processor()}
             if name.startswith("-"):
                 line["piece_saves"] = round((seconds - native) / seconds, 3)
             print(json.dumps(line), flush=True)

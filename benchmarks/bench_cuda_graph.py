@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from common import processor
 from replay_overshooting.data import SequenceDataset
 from replay_overshooting.training import build_model, compute_loss, get_experiment, train
 
@@ -190,7 +191,7 @@ def main():
             median, low, high = timed(lambda: eager_step(model, optimizer, config, y, u), repeats, synchronise)
             print(json.dumps({"experiment": config.name, "device": name, "batch": batch, "window": window,
                               "mode": "eager", "linalg": args.linalg, "median_s": round(median, 5),
-                              "min_s": round(low, 5), "max_s": round(high, 5)}), flush=True)
+                              "min_s": round(low, 5), "max_s": round(high, 5), **processor()}), flush=True)
         if device.type == "cuda":  # after every eager point: a failed capture can leave the stream unusable
             try:
                 print(json.dumps({"check": "cuda_graph against eager, 5 S-EKF steps",
@@ -208,7 +209,7 @@ def time_graph(config, device, batch, window, repeats, **settings):
     data = push_shaped(batch, window)
     y, u = data.y.to(device), data.u.to(device)
     common = {"experiment": config.name, "device": str(device), "batch": batch, "window": window, "mode": "cuda_graph",
-              **settings}
+              **processor(), **settings}
     model, optimizer = model_and_optimizer(config, data, device)
     try:
         replay, static_y, static_u, _, capture_s = captured_step(model, optimizer, config, y, u)
