@@ -208,9 +208,8 @@ def test_small_cholesky_matches_lapack_and_reports_the_same_failures(dtype):
 def test_tiled_matrix_product_matches_torch(dtype, vector_bytes):
     """`gemm`, every product of the network passes and the RSSM, C = op(A) B + βC, against torch's, in every
     configuration that selects it: as dispatched on this processor (0) and the portable body at each vector width,
-    A or Aᵀ, β = 0
-    (C's old contents, NaN here, are overwritten) and β = 1, strided rows, row counts that leave every partial
-    tile (1-5 rows), widths that leave partial column tiles, and no terms at all (K = 0)."""
+    A or Aᵀ, β = 0 (C's old contents, NaN here, are overwritten) and β = 1, strided rows, row counts that leave
+    every partial tile (1-5 rows), widths that leave partial column tiles, and no terms at all (K = 0)."""
     import torch
     dtype = getattr(torch, dtype)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-// Row-major matrix products of the network passes, C = op(A) B + βC (03a, 'Matrix products').
+// Row-major matrix products of the network passes and the RSSM, C = op(A) B + βC (03a, 'Matrix products').
 #pragma once
 #include "common.h"
 
@@ -91,6 +91,10 @@ static inline __attribute__((always_inline)) void tiled_gemm_body(bool trans_a, 
   }
 }
 
+// The scratch a product with N columns over K rows needs for B's zero-padded rows, at the widest tile.
+template <typename T>
+static size_t padded_rows_size(int64_t K, int64_t N) { return K * (N + Lanes<T, 64>::tile); }
+
 #define TILED_GEMM_PARAMETERS                                                                                     \
   bool trans_a, int64_t M, int64_t N, int64_t K, const T *A, int64_t lda, const T *B, int64_t ldb, T beta, T *C, \
       int64_t ldc, T *padded_rows
@@ -119,7 +123,7 @@ static void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int6
   thread_local std::vector<T> padding;  // kept from call to call, like the network passes' scratch buffers
   T* padded_rows = nullptr;
   if (N % Lanes<T, 64>::tile) {
-    padding.resize(std::max<size_t>(padding.size(), K * (N + Lanes<T, 64>::tile)));
+    padding.resize(std::max(padding.size(), padded_rows_size<T>(K, N)));
     padded_rows = padding.data();
   }
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -148,11 +152,12 @@ static void tiled_matmul(const Tensor& A, const Tensor& B, const Tensor& C, bool
     const int64_t lda = A.stride(0), ldb = B.stride(0), ldc = C.stride(0);
     T* c = C.data_ptr<T>();
     const T scale = static_cast<T>(beta);
-    std::vector<T> padded_rows(K * (N + Lanes<T, 64>::tile));
-    if (vector_bytes == 0) gemm<T>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc);
-    else if (vector_bytes == 16) tiled_gemm_portable<T, 16>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc, padded_rows.data());
-    else if (vector_bytes == 32) tiled_gemm_portable<T, 32>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc, padded_rows.data());
-    else if (vector_bytes == 64) tiled_gemm_portable<T, 64>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc, padded_rows.data());
-    else TORCH_CHECK(false, "tiled_matmul: vector_bytes is 0, 16, 32 or 64");
+    if (vector_bytes == 0) return gemm<T>(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc);
+    TORCH_CHECK(vector_bytes == 16 || vector_bytes == 32 || vector_bytes == 64,
+                "tiled_matmul: vector_bytes is 0, 16, 32 or 64");
+    auto body = vector_bytes == 16 ? tiled_gemm_portable<T, 16>
+                : vector_bytes == 32 ? tiled_gemm_portable<T, 32> : tiled_gemm_portable<T, 64>;
+    std::vector<T> padded_rows(padded_rows_size<T>(K, N));
+    body(trans_a, M, N, K, a, lda, b, ldb, scale, c, ldc, padded_rows.data());
   });
 }
