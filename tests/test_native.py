@@ -209,13 +209,14 @@ def test_tiled_matrix_product_matches_torch(dtype, vector_bytes):
     """`gemm`, every product of the network passes and the RSSM, C = op(A) B + βC, against torch's, in every
     configuration that selects it: as dispatched on this processor (0) and the portable body at each vector width,
     A or Aᵀ, β = 0 (C's old contents, NaN here, are overwritten) and β = 1, strided rows, row counts that leave
-    every partial tile (1-5 rows), widths that leave partial column tiles, and no terms at all (K = 0)."""
+    every partial tile (1-5 rows of a wide tile, 1-7 of a narrow one), widths that leave partial and one-vector
+    column tiles, and no terms at all (K = 0)."""
     import torch
     dtype = getattr(torch, dtype)
     torch.manual_seed(0)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
     for M, N, K in [(1, 1, 1), (5, 7, 3), (6, 16, 64), (13, 17, 5), (16, 64, 64), (16, 8, 64), (16, 14, 64),
-                    (128, 64, 8), (64, 64, 128), (9, 33, 0), (12, 64, 14)]:
+                    (128, 64, 8), (64, 64, 128), (9, 33, 0), (12, 64, 14), (31, 8, 64), (47, 40, 16)]:
         for trans_a in (False, True):
             for beta in (0.0, 1.0):
                 A = torch.randn(K, M + 3, dtype=dtype)[:, :M] if trans_a else torch.randn(M, K + 3, dtype=dtype)[:, :K]

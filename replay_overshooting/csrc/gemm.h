@@ -12,10 +12,11 @@
 // and 11.2 µs. An ATen mm costs more again: a tensor, a dispatch and an allocation each.
 //
 // Each tile of C is R ≤ 6 rows by two vectors of S bytes (16 floats with AVX2), kept in 2R registers over the whole
-// sum: per k, two loads of B's row k, R broadcasts of op(A)[i, k], 2R fused multiply-adds. op(A) = Aᵀ costs nothing
-// here: it only changes where the broadcast reads. Columns past N in the last tile are computed on a zero-padded
-// copy of B's rows and not stored. The loops are written once, on GCC's vector types; `gemm` runs them
-// compiled for AVX-512, for AVX2 with FMA, or for the x86-64 baseline, whichever the processor has.
+// sum: per k, two loads of B's row k, R broadcasts of op(A)[i, k], 2R fused multiply-adds; a last tile at most one
+// vector wide is R ≤ 8 rows by one vector. op(A) = Aᵀ costs nothing here: it only changes where the broadcast
+// reads. Columns past N in the last vector are computed on a zero-padded copy of B's rows and not stored. The loops
+// are written once, on GCC's vector types; `gemm` runs them compiled for AVX-512, for AVX2 with FMA, or for the
+// x86-64 baseline, whichever the processor has.
 template <typename T, int S>
 struct Lanes {
   typedef T vector __attribute__((vector_size(S)));
@@ -23,72 +24,95 @@ struct Lanes {
   static constexpr int count = S / sizeof(T), tile = 2 * count;
 };
 
-template <typename T, int S, int R>
+// One tile: R rows of C by V vectors (V = 2, or 1 for a last tile at most one vector wide), its sums held in R·V
+// registers over all of K. Each k loads V vectors of B's row k and broadcasts R elements of op(A)'s column k.
+template <typename T, int S, int R, int V>
 static inline __attribute__((always_inline)) void gemm_tile(bool trans_a, int64_t K, const T* A, int64_t lda,
                                                             const T* Bp, int64_t ldp, T beta, T* C, int64_t ldc,
                                                             int64_t columns) {
-  using V = typename Lanes<T, S>::vector;
+  using Vec = typename Lanes<T, S>::vector;
   using U = typename Lanes<T, S>::unaligned;
   constexpr int n = Lanes<T, S>::count;
-  V left[R], right[R];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) left[r] = V{}, right[r] = V{};
+  Vec sums[R][V];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) sums[r][v] = Vec{};
   const int64_t along_k = trans_a ? lda : 1, along_rows = trans_a ? 1 : lda;
   for (int64_t k = 0; k < K; ++k) {
-    const V b0 = *reinterpret_cast<const U*>(Bp + k * ldp), b1 = *reinterpret_cast<const U*>(Bp + k * ldp + n);
+    Vec b[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) b[v] = *reinterpret_cast<const U*>(Bp + k * ldp + v * n);
     const T* a = A + k * along_k;
-#pragma GCC unroll 6
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const T ar = a[r * along_rows];
-      left[r] += ar * b0, right[r] += ar * b1;
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) sums[r][v] += ar * b[v];
     }
   }
-#pragma GCC unroll 6
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     T* c = C + r * ldc;
-    if (columns == 2 * n) {
-      U *c0 = reinterpret_cast<U*>(c), *c1 = reinterpret_cast<U*>(c + n);
-      if (beta != T(0)) *c0 = *c0 + left[r], *c1 = *c1 + right[r];
-      else *c0 = left[r], *c1 = right[r];
+    if (columns == V * n) {
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) {
+        U* cv = reinterpret_cast<U*>(c + v * n);
+        *cv = beta != T(0) ? *cv + sums[r][v] : sums[r][v];
+      }
     } else {
-      T sums[2 * n];
-      std::memcpy(sums, &left[r], S), std::memcpy(sums + n, &right[r], S);
-      for (int64_t q = 0; q < columns; ++q) c[q] = (beta != T(0) ? c[q] : T(0)) + sums[q];
+      T kept[V * n];
+      std::memcpy(kept, sums[r], sizeof(kept));
+      for (int64_t q = 0; q < columns; ++q) c[q] = (beta != T(0) ? c[q] : T(0)) + kept[q];
     }
   }
+}
+
+// Rows [i, M) of one column tile, R at a time, then the R − 1 or fewer left over.
+template <typename T, int S, int R, int V>
+static inline __attribute__((always_inline)) void gemm_rows(bool trans_a, int64_t i, int64_t M, int64_t K,
+                                                            const T* A, int64_t lda, const T* Bp, int64_t ldp,
+                                                            T beta, T* C, int64_t ldc, int64_t columns) {
+  for (; i + R <= M; i += R)
+    gemm_tile<T, S, R, V>(trans_a, K, trans_a ? A + i : A + i * lda, lda, Bp, ldp, beta, C + i * ldc, ldc, columns);
+  if (i == M) return;
+  if constexpr (R > 1) gemm_rows<T, S, R - 1, V>(trans_a, i, M, K, A, lda, Bp, ldp, beta, C, ldc, columns);
+}
+
+// C's columns from j, every row: two vectors wide while more than one vector's columns are left, else one
+// (so that an output one vector wide, the 8 columns of the push Jacobian's rows with AVX2, wastes no lanes). A
+// narrow tile takes 8 rows, so that its 8 sums, like the wide tile's 12, cover the latency of the fused
+// multiply-adds. Returns the next column. (Not a lambda: a lambda would not take the caller's target ISA.)
+template <typename T, int S>
+static inline __attribute__((always_inline)) int64_t gemm_column_tile(bool trans_a, int64_t M, int64_t j, int64_t N,
+                                                                     int64_t K, const T* A, int64_t lda, const T* Bp,
+                                                                     int64_t ldp, T beta, T* C, int64_t ldc) {
+  constexpr int n = Lanes<T, S>::count;
+  const int64_t columns = N - j;
+  if (columns > n) {
+    gemm_rows<T, S, 6, 2>(trans_a, 0, M, K, A, lda, Bp + j, ldp, beta, C + j, ldc, std::min<int64_t>(columns, 2 * n));
+    return j + 2 * n;
+  }
+  gemm_rows<T, S, 8, 1>(trans_a, 0, M, K, A, lda, Bp + j, ldp, beta, C + j, ldc, columns);
+  return j + n;
 }
 
 template <typename T, int S>
 static inline __attribute__((always_inline)) void tiled_gemm_body(bool trans_a, int64_t M, int64_t N, int64_t K,
                                                                   const T* A, int64_t lda, const T* B, int64_t ldb,
                                                                   T beta, T* C, int64_t ldc, T* padded_rows) {
-  constexpr int W = Lanes<T, S>::tile, R = 6;
+  constexpr int n = Lanes<T, S>::count;
   const T* Bp = B;
   int64_t ldp = ldb;
-  if (N % W) {  // B's rows, zero-padded to whole tiles
-    ldp = (N + W - 1) / W * W;
+  if (N % n) {  // B's rows, zero-padded to whole vectors
+    ldp = (N + n - 1) / n * n;
     for (int64_t k = 0; k < K; ++k) {
       std::copy(B + k * ldb, B + k * ldb + N, padded_rows + k * ldp);
       std::fill(padded_rows + k * ldp + N, padded_rows + (k + 1) * ldp, T(0));
     }
     Bp = padded_rows;
   }
-  auto rows_at = [&](int64_t i) { return trans_a ? A + i : A + i * lda; };
-  for (int64_t j = 0; j < N; j += W) {
-    const int64_t columns = std::min<int64_t>(W, N - j);
-    int64_t i = 0;
-    for (; i + R <= M; i += R)
-      gemm_tile<T, S, R>(trans_a, K, rows_at(i), lda, Bp + j, ldp, beta, C + i * ldc + j, ldc, columns);
-    T* c = C + i * ldc + j;
-    switch (M - i) {
-      case 1: gemm_tile<T, S, 1>(trans_a, K, rows_at(i), lda, Bp + j, ldp, beta, c, ldc, columns); break;
-      case 2: gemm_tile<T, S, 2>(trans_a, K, rows_at(i), lda, Bp + j, ldp, beta, c, ldc, columns); break;
-      case 3: gemm_tile<T, S, 3>(trans_a, K, rows_at(i), lda, Bp + j, ldp, beta, c, ldc, columns); break;
-      case 4: gemm_tile<T, S, 4>(trans_a, K, rows_at(i), lda, Bp + j, ldp, beta, c, ldc, columns); break;
-      case 5: gemm_tile<T, S, 5>(trans_a, K, rows_at(i), lda, Bp + j, ldp, beta, c, ldc, columns); break;
-      default: break;
-    }
-  }
+  for (int64_t j = 0; j < N;) j = gemm_column_tile<T, S>(trans_a, M, j, N, K, A, lda, Bp, ldp, beta, C, ldc);
 }
 
 // The scratch a product with N columns over K rows needs for B's zero-padded rows, at the widest tile.
