@@ -25,21 +25,23 @@ struct Elements {
 
 // Small row-major matrices of one batch element. `out = scale · op(A) op(B)`, or `out += ...` when accumulating,
 // where op(X) is Xᵀ when its flag is set; A is r×k (k×r transposed) and B is k×c (c×k transposed); `out` is
-// neither. With B as it is, each row of `out` gathers scaled rows of B, an inner loop over contiguous memory
-// that the compiler vectorises; Bᵀ takes dot products. (Every `scale` used is ±1 or ±2, so scaling the terms
-// instead of their sum rounds the same.)
+// neither. Each row of `out` gathers scaled rows of B, an inner loop over contiguous memory that the compiler
+// vectorises. Bᵀ is first copied out by rows: read as it lies, each element of `out` would be a dot product, a
+// serial sum that does not vectorise (without reassociating the sum, which changes its rounding), and the
+// covariance sandwiches of a push iteration spent most of their time in those sums. (Every `scale` used is ±1 or
+// ±2, so scaling the terms instead of their sum rounds the same.)
 template <bool TransposeA, bool TransposeB, bool Accumulate = false, typename T>
 static inline void product(T* __restrict out, const T* __restrict A, const T* __restrict B, int64_t r, int64_t k,
                            int64_t c, T scale = T(1)) {
-  for (int64_t i = 0; i < r; ++i) {
-    T* __restrict row = out + i * c;
-    if constexpr (TransposeB) {
-      for (int64_t j = 0; j < c; ++j) {
-        T acc = 0;
-        for (int64_t l = 0; l < k; ++l) acc += (TransposeA ? A[l * r + i] : A[i * k + l]) * B[j * k + l];
-        row[j] = Accumulate ? row[j] + scale * acc : scale * acc;
-      }
-    } else {
+  if constexpr (TransposeB) {
+    thread_local std::vector<T> rows;  // Bᵀ, k×c; kept from call to call
+    if (static_cast<int64_t>(rows.size()) < k * c) rows.resize(k * c);
+    for (int64_t j = 0; j < c; ++j)
+      for (int64_t l = 0; l < k; ++l) rows[l * c + j] = B[j * k + l];
+    product<TransposeA, false, Accumulate>(out, A, rows.data(), r, k, c, scale);
+  } else {
+    for (int64_t i = 0; i < r; ++i) {
+      T* __restrict row = out + i * c;
       if (!Accumulate) std::fill(row, row + c, T(0));
       for (int64_t l = 0; l < k; ++l) {
         const T a = scale * (TransposeA ? A[l * r + i] : A[i * k + l]);
