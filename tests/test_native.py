@@ -31,6 +31,25 @@ def test_builds_where_a_compiler_is():
     assert {"filter_forward", "filter_backward", "rollout_forward", "rollout_backward"} <= set(dir(loops))
 
 
+def test_compiles_for_avx2_only_where_aten_runs_it():
+    """The whole extension is compiled with AVX2 and FMA only where ATen runs its own kernels so, into a build
+    directory of its own: with ATen lowered to its baseline (`ATEN_CPU_CAPABILITY=default`) the flags go and the
+    directory is another, so that a build for AVX2 is never loaded where it may not run."""
+    code = """
+        import json, platform, torch
+        from replay_overshooting import native
+        print(json.dumps({"flags": native._vector_flags(), "directory": native._build_directory().name,
+                          "capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}))
+    """
+    baseline, here = _run_python(code, ATEN_CPU_CAPABILITY="default"), _run_python(code)
+    assert baseline["capability"] == "DEFAULT" and baseline["flags"] == []
+    assert not baseline["directory"].endswith("_avx2")
+    if here["machine"].lower() in ("x86_64", "amd64") and here["capability"] in ("AVX2", "AVX512"):
+        assert here["flags"] == ["-mavx2", "-mfma"] and here["directory"] == baseline["directory"] + "_avx2"
+    else:
+        assert here == {**baseline, "capability": here["capability"], "machine": here["machine"]}
+
+
 def test_falls_back_with_a_warning_without_a_compiler(tmp_path):
     report = _run_python("""
         import json, os, time, warnings
