@@ -36,8 +36,8 @@ import json
 import torch
 
 from common import (
-    CONFIGS, PAPER_CODE_CPU, PAPER_CODE_SECONDS, REFERENCE_SECONDS, benchmark_parser, count_ops, cpp_loops_on,
-    paper_code_fields, parse_single_threaded, processor, report, time_it)
+    CONFIGS, REFERENCE_SECONDS, benchmark_parser, count_ops, cpp_loops_on, paper_code_fields, paper_code_time,
+    parse_single_threaded, processor, report, time_it)
 from replay_overshooting.data import SequenceDataset
 from replay_overshooting.models import EKFModel
 from replay_overshooting.objectives import vro
@@ -192,7 +192,7 @@ def measure_registered(name, *, repeats, warmup=2):
         step()
         extra.update(nfe=dynamics.function_evaluations, ms_per_evaluation=round(1e3 * med / dynamics.function_evaluations, 3),
                      method=dynamics.method, rtol=dynamics.rtol, atol=dynamics.atol, integrator=dynamics.integrator)
-    paper = PAPER_CODE_SECONDS.get(experiment)
+    paper, _ = paper_code_time(experiment)
     extra.update(paper_code_fields(experiment, med))
     report(name, med, lo, hi, **extra)
     return name, med, paper, None
@@ -260,7 +260,7 @@ def main():
         for device in devices:
             rows += sweep(points, repeats=3 if device == "cpu" else 5, device=device)
     print(f"\nOn {processor()['cpu']}; reference s: the reference implementation (`train_*`) or the paper's code\n"
-          f"(`registered_*`, timed on {PAPER_CODE_CPU}).\n\n"
+          "(`registered_*`, timed on the processor each line's `paper_code_cpu` names).\n\n"
           "| measurement | median s | reference s | speed-up | aten ops |\n|---|---|---|---|---|")
     for name, med, ref, ops in rows:
         speedup = f"{ref / med:.1f}x" if ref else ""
