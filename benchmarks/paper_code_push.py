@@ -1,7 +1,10 @@
 """Time one training iteration of the paper's own code (Li, Wu & Kennedy, ICRA 2021: github.com/wuphilipp/replay-overshooting)
-on its push DT-EKF experiment, to set beside `bench_train.py`'s `registered_dt_ekf_push` line on the same machine.
+on one of its push experiments, to set beside `bench_train.py`'s `registered_*` line of that experiment on the same
+machine.
 
-Usage: python benchmarks/paper_code_dt_ekf_push.py CHECKOUT [N]
+Usage: python benchmarks/paper_code_push.py CHECKOUT EXPERIMENT [N]
+
+EXPERIMENT is one of `dt_ekf_push`, `ct_ekf_push`, `planet_push`, `gssm_push`.
 
 CHECKOUT is a checkout of that repository whose `dynamics_learning` package imports (with its dependencies,
 e.g. `fannypack`, importable, or in CHECKOUT/deps); N timed iterations (default 20) follow 3 warm-up ones, on one CPU
@@ -9,12 +12,12 @@ thread in float32. One iteration is the per-batch work of the reference's `train
 logging and checkpoints: `prep_batch`, `runtime_data_preprocess`, `estimator.loss` (filter, smoother, replay
 overshooting, KL) at iteration 10,000 (its window at the full T = 50 and every ramp complete), and
 `Buddy.minimize` (zero_grad, backward, gradient clipping, Adam), then `loss.item()`. The experiment's config is that of
-`scripts/paper_experiments/mit_push/dt_ekf_push/train_dt_ekf_push.py`, run without its two calls (`pdb_safety_net`,
-`train`). The batch is random data in the push data set's format (B = 16, T = 50: observations N(0, 1), four control
-columns N(0, 1) and a one-hot contact flag); from the fresh initialisation the 50-step replay prediction overflows
-float32 (the reference asserts), so the dynamics network's output weights are scaled by 0.1, as training's
+`scripts/paper_experiments/mit_push/EXPERIMENT/train_EXPERIMENT.py`, run without its two calls (`pdb_safety_net`,
+`train`). The batch is random data in the push data set's format (the config's B, T = 50: observations N(0, 1), four
+control columns N(0, 1) and a one-hot contact flag); from the fresh initialisation an EKF's 50-step replay prediction
+overflows float32 (the reference asserts), so its dynamics network's output weights are scaled by 0.1, as training's
 2-to-50-step curriculum would have made it stable; values only, not what is computed. Prints one line:
-`paper dt_ekf_push: min S median S`.
+`paper EXPERIMENT: min S median S`.
 """
 import ast
 import os
@@ -29,13 +32,16 @@ LATE_ITERATION = 10_000
 WARMUP = 3
 
 
-def experiment_config(checkout):
+EXPERIMENTS = ("dt_ekf_push", "ct_ekf_push", "planet_push", "gssm_push")
+
+
+def experiment_config(checkout, experiment):
     "The script's `exp_config`, its side-effecting calls left out."
-    path = os.path.join(checkout, "scripts/paper_experiments/mit_push/dt_ekf_push/train_dt_ekf_push.py")
+    path = os.path.join(checkout, f"scripts/paper_experiments/mit_push/{experiment}/train_{experiment}.py")
     tree = ast.parse(open(path).read())
     tree.body = [node for node in tree.body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
                  and getattr(node.value.func, "id", None) in ("train", "pdb_safety_net"))]
-    namespace = {"__name__": "paper_dt_ekf_push_config"}
+    namespace = {"__name__": f"paper_{experiment}_config"}
     exec(compile(tree, path, "exec"), namespace)
     return namespace["exp_config"]
 
@@ -52,7 +58,7 @@ def random_batch(rng, B, T, p, m, dt=0.01):
     return torch.from_numpy(t), torch.from_numpy(y), torch.from_numpy(u)
 
 
-def main(checkout, iterations):
+def main(checkout, experiment, iterations):
     sys.path[:0] = [checkout, os.path.join(checkout, "deps")]
     warnings.filterwarnings("ignore")
     import numpy as np
@@ -62,11 +68,13 @@ def main(checkout, iterations):
     from dynamics_learning.utils.data_utils import prep_batch
 
     torch.set_num_threads(1)
-    config = experiment_config(checkout)
+    config = experiment_config(checkout, experiment)
     np.random.seed(2), torch.manual_seed(2), random.seed(2)  # as the reference's train(deterministic=True)
     estimator = config.model.create()
-    with torch.no_grad():
-        estimator.cell._dynamics._net[-1].weight.mul_(0.1)
+    dynamics = getattr(getattr(estimator, "cell", None), "_dynamics", None)
+    if hasattr(dynamics, "_net"):  # an EKF's
+        with torch.no_grad():
+            dynamics._net[-1].weight.mul_(0.1)
     scratch = tempfile.mkdtemp(prefix="paper_code_")
     buddy = Buddy(config.name, estimator, optimizer_type="adam", metadata_dir=scratch,
                   checkpoint_dir=os.path.join(scratch, "checkpoints"), log_dir=os.path.join(scratch, "logs"),
@@ -92,10 +100,10 @@ def main(checkout, iterations):
         start = time.perf_counter()
         step(WARMUP + i)
         times.append(time.perf_counter() - start)
-    print(f"paper dt_ekf_push: min {min(times):.4f} median {statistics.median(times):.4f}")
+    print(f"paper {experiment}: min {min(times):.4f} median {statistics.median(times):.4f}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    if len(sys.argv) < 3 or sys.argv[2] not in EXPERIMENTS:
         sys.exit(__doc__)
-    main(os.path.abspath(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 20)
+    main(os.path.abspath(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 20)
