@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from common import (benchmark_parser, paper_code_fields, paper_code_time, parse_single_threaded, processor,
-                    report)
+from common import benchmark_parser, paper_code_fields, parse_single_threaded, processor, report
 from replay_overshooting.baselines import RSSM, paper_baseline
 
 CONFIGS = {
@@ -66,14 +65,13 @@ def main():
             training_step(model, optimizer, y, u, cfg["clip"])
         recurrences = ("plain", "hoisted", "native") if isinstance(model, RSSM) else ("plain",)
         times = alternating_times({r: (lambda r=r: step(r)) for r in recurrences}, warmup=3, repeats=args.repeats)
-        paper, _ = paper_code_time(name)
         for recurrence, seconds in times.items():
             med = statistics.median(seconds)
             extra = {"recurrence": recurrence} if isinstance(model, RSSM) else {}
             extra.update(paper_code_fields(name, med))
             report(f"train_{name}", med, min(seconds), max(seconds), model=name, batch=[cfg["batch"], cfg["T"]],
                    **extra)
-            rows.append((name, recurrence if isinstance(model, RSSM) else "", med, paper))
+            rows.append((name, recurrence if isinstance(model, RSSM) else "", med, extra.get("paper_code_s")))
     print(f"\nOn {processor()['cpu']}; the paper's code on the processor each line's `paper_code_cpu` names.\n\n"
           "| model | recurrence | median s | paper's code s | speed-up |\n|---|---|---|---|---|")
     for name, recurrence, med, paper in rows:

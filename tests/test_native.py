@@ -235,7 +235,8 @@ def test_tiled_matrix_product_matches_torch(dtype, vector_bytes):
     torch.manual_seed(0)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
     for M, N, K in [(1, 1, 1), (5, 7, 3), (6, 16, 64), (13, 17, 5), (16, 64, 64), (16, 8, 64), (16, 14, 64),
-                    (128, 64, 8), (64, 64, 128), (9, 33, 0), (12, 64, 14), (31, 8, 64), (47, 40, 16)]:
+                    (128, 64, 8), (64, 64, 128), (9, 33, 0), (12, 64, 14), (31, 8, 64), (47, 40, 16),
+                    (10, 4, 9), (11, 4, 4), (12, 4, 3), (14, 4, 2), (15, 4, 5)]:
         for trans_a in (False, True):
             for beta in (0.0, 1.0):
                 A = torch.randn(K, M + 3, dtype=dtype)[:, :M] if trans_a else torch.randn(M, K + 3, dtype=dtype)[:, :K]
