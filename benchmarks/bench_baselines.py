@@ -1,7 +1,7 @@
 """Speed of one PlaNet (RSSM) or GSSM training iteration: loss + backward + gradient clipping + Adam step.
 
 Usage: python benchmarks/bench_baselines.py [--repeats N]
-Prints one JSON line per configuration and RSSM recurrence (one CPU thread, median over repeats after warm-up;
+Prints one JSON line per configuration and recurrence (one CPU thread, median over repeats after warm-up;
 the recurrences of a configuration are timed alternately, step by step, on the same model and data, so their
 ratios are taken under the same load), then a table beside the paper's code:
 - planet_push, oo_planet_push: the paper's rows, obs 2-D, controls 6-D, T=50, batch 16, clip 100;
@@ -9,7 +9,9 @@ ratios are taken under the same load), then a table beside the paper's code:
 - planet_pend_img: the paper's row, 16x16 frames, 1-D torque, T=33, batch 8, clip 500.
 `recurrence` is `RSSM(recurrence=...)`: "plain" is the loop of the model's equations (`rssm_filter`),
 "hoisted" moves the work that does not depend on the recursion out of it (`rssm_filter_hoisted`), "native" runs
-that loop and its hand-written backward in one C++ node (`rssm_filter_native`; what "auto" takes on a CPU).
+that loop and its hand-written backward in one C++ node (`rssm_filter_native`; what "auto" takes on a CPU); or
+`GSSM(recurrence=...)`: "plain" is the backward GRU (`nn.GRU`) and the posterior loop (`gssm_infer`), "native"
+runs each in a C++ node (`gssm_summaries_native`, `gssm_infer_native`; what "auto" takes on a CPU).
 """
 import statistics
 import time
@@ -17,6 +19,7 @@ import time
 import torch
 
 from common import benchmark_parser, paper_code_fields, parse_single_threaded, processor, report
+from replay_overshooting.backends import native_extension
 from replay_overshooting.baselines import RSSM, paper_baseline
 
 CONFIGS = {
@@ -60,18 +63,18 @@ def main():
         u = torch.randn(cfg["batch"], cfg["T"], cfg["ctrl_dim"])
 
         def step(recurrence):
-            if isinstance(model, RSSM):
-                model.recurrence = recurrence
+            model.recurrence = recurrence
             training_step(model, optimizer, y, u, cfg["clip"])
-        recurrences = ("plain", "hoisted", "native") if isinstance(model, RSSM) else ("plain",)
+        recurrences = ("plain", "hoisted", "native") if isinstance(model, RSSM) else ("plain", "native")
+        if native_extension() is None:
+            recurrences = recurrences[:-1]
         times = alternating_times({r: (lambda r=r: step(r)) for r in recurrences}, warmup=3, repeats=args.repeats)
         for recurrence, seconds in times.items():
             med = statistics.median(seconds)
-            extra = {"recurrence": recurrence} if isinstance(model, RSSM) else {}
-            extra.update(paper_code_fields(name, med))
+            extra = {"recurrence": recurrence, **paper_code_fields(name, med)}
             report(f"train_{name}", med, min(seconds), max(seconds), model=name, batch=[cfg["batch"], cfg["T"]],
                    **extra)
-            rows.append((name, recurrence if isinstance(model, RSSM) else "", med, extra.get("paper_code_s")))
+            rows.append((name, recurrence, med, extra.get("paper_code_s")))
     print(f"\nOn {processor()['cpu']}; the paper's code on the processor each line's `paper_code_cpu` names.\n\n"
           "| model | recurrence | median s | paper's code s | speed-up |\n|---|---|---|---|---|")
     for name, recurrence, med, paper in rows:

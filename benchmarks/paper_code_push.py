@@ -17,7 +17,10 @@ overshooting, KL) at iteration 10,000 (its window at the full T = 50 and every r
 control columns N(0, 1) and a one-hot contact flag); from the fresh initialisation an EKF's 50-step replay prediction
 overflows float32 (the reference asserts), so its dynamics network's output weights are scaled by 0.1, as training's
 2-to-50-step curriculum would have made it stable; values only, not what is computed. Prints one line:
-`paper EXPERIMENT: min S median S`.
+`paper EXPERIMENT: min S median S`; for the continuous-time EKF also `nfe N ms_per_evaluation X`, the field
+evaluations of an iteration's forward pass (every call the solver makes to the function it integrates, in the
+filter, the smoother's predictions and the replay; the median over the timed iterations), as `bench_train.py`'s
+`nfe` counts ours.
 """
 import ast
 import os
@@ -58,6 +61,24 @@ def random_batch(rng, B, T, p, m, dt=0.01):
     return torch.from_numpy(t), torch.from_numpy(y), torch.from_numpy(u)
 
 
+class EvaluationCounter:
+    "Counts the calls every `odeint` of the given modules makes to the function it integrates."
+
+    def __init__(self, modules):
+        self.count = 0
+        for module in modules:
+            if hasattr(module, "odeint"):
+                module.odeint = self.counting(module.odeint)
+
+    def counting(self, odeint):
+        def counted_odeint(func, *args, **kwargs):
+            def counted_func(t, z):
+                self.count += 1
+                return func(t, z)
+            return odeint(counted_func, *args, **kwargs)
+        return counted_odeint
+
+
 def main(checkout, experiment, iterations):
     sys.path[:0] = [checkout, os.path.join(checkout, "deps")]
     warnings.filterwarnings("ignore")
@@ -66,6 +87,8 @@ def main(checkout, experiment, iterations):
     from fannypack.utils import Buddy
     from dynamics_learning.training.experiments import runtime_data_preprocess
     from dynamics_learning.utils.data_utils import prep_batch
+    from dynamics_learning.networks import dynamics as dynamics_module
+    from dynamics_learning.networks.kalman import ekf as ekf_module
 
     torch.set_num_threads(1)
     config = experiment_config(checkout, experiment)
@@ -92,15 +115,22 @@ def main(checkout, experiment, iterations):
         buddy.minimize(loss, clip_grad_max_norm=config.gradient_clip_max_norm)
         return loss.item()
 
+    counter = EvaluationCounter([ekf_module, dynamics_module])
     estimator.train()
     for i in range(WARMUP):
         step(i)
-    times = []
+    times, evaluations = [], []
     for i in range(iterations):
+        counter.count = 0
         start = time.perf_counter()
         step(WARMUP + i)
         times.append(time.perf_counter() - start)
-    print(f"paper {experiment}: min {min(times):.4f} median {statistics.median(times):.4f}")
+        evaluations.append(counter.count)
+    line = f"paper {experiment}: min {min(times):.4f} median {statistics.median(times):.4f}"
+    nfe = statistics.median(evaluations)
+    if nfe:
+        line += f" nfe {nfe:g} ms_per_evaluation {1e3 * statistics.median(times) / nfe:.3f}"
+    print(line)
 
 
 if __name__ == "__main__":

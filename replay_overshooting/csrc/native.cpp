@@ -4,6 +4,7 @@
 #include "rollout.h"
 #include "rts.h"
 #include "rssm.h"
+#include "gssm.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<FilterTape, std::shared_ptr<FilterTape>>(m, "FilterTape");
@@ -27,6 +28,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<RSSMTape, std::shared_ptr<RSSMTape>>(m, "RSSMTape");
   m.def("rssm_posterior_forward", &rssm_posterior_forward);
   m.def("rssm_posterior_backward", &rssm_posterior_backward);
+  pybind11::class_<GRUTape, std::shared_ptr<GRUTape>>(m, "GRUTape");
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+  pybind11::class_<GSSMTape, std::shared_ptr<GSSMTape>>(m, "GSSMTape");
+  m.def("gssm_posterior_forward", &gssm_posterior_forward);
+  m.def("gssm_posterior_backward", &gssm_posterior_backward);
   m.def("tiled_matmul", &tiled_matmul);
   m.def("small_cholesky_ex", &small_cholesky_ex);
   m.def("small_cholesky_solve", &small_cholesky_solve);

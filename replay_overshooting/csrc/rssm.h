@@ -9,10 +9,7 @@
 //   n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),  h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}      (PyTorch's GRUCell)
 //   a_t = ELU(W_h h_t + e_t),  [μ_t, ρ_t] = W_o a_t + b_o,  σ_t = softplus(ρ_t) + σ_min,  s_t = μ_t + σ_t ⊙ ε_t
 #pragma once
-#include "mlp.h"
-
-// Softplus is the identity above this input, as torch.nn.functional.softplus's default threshold.
-constexpr double kSoftplusThreshold = 20;
+#include "recurrent.h"
 
 // The tensors of one forward, each (T, B, ·), rows of step t at t·B.
 struct RSSMTape {
@@ -24,29 +21,6 @@ struct RSSMTape {
   Tensor hidden_n;  // W_hn h_{t-1} + b_hn (T, B, D); step 0's rows unused
   Tensor h, a, raw_std, s;  // h_t (T, B, D), a_t (T, B, H), ρ_t and s_t (T, B, n)
 };
-
-template <typename T>
-static T elu_slope(T y) { return y > 0 ? T(1) : y + T(1); }  // ELU'(v) from y = ELU(v): 1 above 0, e^v = y + 1 below
-
-// The transcendental functions run through ATen's vectorised kernels, on the buffers in place: a scalar loop of
-// std::exp and std::tanh took two thirds of the forward pass.
-template <typename T>
-static void elu_inplace(T* x, int64_t size) {
-  Tensor v = wrap(x, {size}, {1});
-  at::elu_(v);
-}
-
-// columns [0, width) of each of `rows` rows `stride` apart
-template <typename T>
-static Tensor columns(T* x, int64_t rows, int64_t width, int64_t stride) {
-  return wrap(x, {rows, width}, {stride, 1});
-}
-
-// rows × width of C = bias broadcast over the rows.
-template <typename T>
-static void fill_rows(T* C, const T* bias, int64_t rows, int64_t width) {
-  for (int64_t r = 0; r < rows; ++r) std::copy(bias, bias + width, C + r * width);
-}
 
 template <typename T>
 static void rssm_forward_impl(RSSMTape& tp, const T* control, const T* embedding, T* h, T* s, T* mean, T* std_dev,
@@ -78,37 +52,14 @@ static void rssm_forward_impl(RSSMTape& tp, const T* control, const T* embedding
       gemm<T>(false, B, 3 * D, H, x_t, H, w_ih, 3 * D, T(1), input_part.get(), 3 * D);
       fill_rows(hidden_part.get(), b_hh, B, 3 * D);
       gemm<T>(false, B, 3 * D, D, h_prev, D, w_hh, 3 * D, T(1), hidden_part.get(), 3 * D);
-      T *g = gates + t * B * 3 * D, *hn = hidden_n + t * B * D;
-      const T *gi = input_part.get(), *gh = hidden_part.get();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < 2 * D; ++j) g[b * 3 * D + j] = gi[b * 3 * D + j] + gh[b * 3 * D + j];
-      Tensor rz = columns(g, B, 2 * D, 3 * D);
-      at::sigmoid_(rz);
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < D; ++j) {
-          hn[b * D + j] = gh[b * 3 * D + 2 * D + j];
-          g[b * 3 * D + 2 * D + j] = gi[b * 3 * D + 2 * D + j] + g[b * 3 * D + j] * hn[b * D + j];
-        }
-      Tensor n_gate = columns(g + 2 * D, B, D, 3 * D);
-      at::tanh_(n_gate);
-      for (int64_t b = 0; b < B; ++b) {
-        const T *z = g + b * 3 * D + D, *nn = z + D, *hp = h_prev + b * D;
-        T* hb = h_t + b * D;
-        for (int64_t j = 0; j < D; ++j) hb[j] = (T(1) - z[j]) * nn[j] + z[j] * hp[j];
-      }
+      gru_cell_forward(input_part.get(), hidden_part.get(), h_prev, gates + t * B * 3 * D, hidden_n + t * B * D, h_t,
+                       B, D);
     }
     T* a_t = a + t * B * H;
     std::copy(embedding + t * B * H, embedding + (t + 1) * B * H, a_t);
     gemm<T>(false, B, H, D, h_t, D, w_h, H, T(1), a_t, H);
-    elu_inplace(a_t, B * H);
-    fill_rows(out.get(), b_o, B, 2 * n);
-    gemm<T>(false, B, 2 * n, H, a_t, H, w_o, 2 * n, T(1), out.get(), 2 * n);
-    T *raw_t = raw + t * B * n, *std_t = std_dev + t * B * n;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < n; ++j) mean[(t * B + b) * n + j] = out[b * 2 * n + j], raw_t[b * n + j] = out[b * 2 * n + n + j];
-    Tensor std_v = wrap(std_t, {B * n}, {1});
-    at::softplus_out(std_v, wrap(raw_t, {B * n}, {1}), 1, kSoftplusThreshold);
-    for (int64_t i = t * B * n; i < (t + 1) * B * n; ++i) std_dev[i] += T(min_std), s[i] = mean[i] + std_dev[i] * eps[i];
+    gaussian_head_forward(a_t, w_o, b_o, eps + t * B * n, mean + t * B * n, raw + t * B * n, std_dev + t * B * n,
+                          s + t * B * n, out.get(), B, H, n, min_std);
   }
 }
 
@@ -142,14 +93,6 @@ static std::pair<Named, std::shared_ptr<RSSMTape>> rssm_posterior_forward(const 
   return {out, tp};
 }
 
-// Σ over `rows` rows of G (rows × width) into `into` (width).
-template <typename T>
-static void column_sums(const T* G, int64_t rows, int64_t width, T* into) {
-  std::fill(into, into + width, T(0));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < width; ++j) into[j] += G[r * width + j];
-}
-
 template <typename T>
 static void rssm_backward_impl(const RSSMTape& tp, const T* g_h, const T* g_s, const T* g_mean, const T* g_std,
                                T* g_control, T* g_embedding, const Tensors& g_weights) {
@@ -159,7 +102,7 @@ static void rssm_backward_impl(const RSSMTape& tp, const T* g_h, const T* g_s, c
           *w_o = tp.weights[6].const_data_ptr<T>();
   const T *eps = tp.eps.const_data_ptr<T>(), *x = tp.x.const_data_ptr<T>(), *gates = tp.gates.const_data_ptr<T>(),
           *hidden_n = tp.hidden_n.const_data_ptr<T>(), *h = tp.h.const_data_ptr<T>(), *a = tp.a.const_data_ptr<T>(),
-          *raw = tp.raw_std.const_data_ptr<T>(), *s = tp.s.const_data_ptr<T>();
+          *s = tp.s.const_data_ptr<T>();
   // Per-step gradients of the products' outputs, kept for the weight gradients: [μ, ρ] (T, B, 2n), the
   // posterior layer's input a (T, B, H) (= ∂e), the GRU's input-side and hidden-side pre-activations (T, B, 3D),
   // and the transition layer's (T, B, H) (= ∂c of the step before).
@@ -169,46 +112,23 @@ static void rssm_backward_impl(const RSSMTape& tp, const T* g_h, const T* g_s, c
   T* g_pre_x = g_control;  // g_pre_x row block t is ∂c_{t-1}: written at t−1's place below
   auto g_h_carry = scratch<T>(B * D), g_s_carry = scratch<T>(B * n), g_h_total = scratch<T>(B * D),
        g_x = scratch<T>(B * H);
-  // softplus'(ρ) = σ(ρ), 1 above the threshold where softplus is the identity
-  Tensor slope_t = at::sigmoid(tp.raw_std);
-  T* slope = slope_t.data_ptr<T>();
-  for (int64_t i = 0; i < steps * B * n; ++i) if (raw[i] > T(kSoftplusThreshold)) slope[i] = T(1);
+  const Tensor slopes = softplus_slopes(tp.raw_std);
+  const T* slope = slopes.const_data_ptr<T>();
   std::fill(g_h_carry.get(), g_h_carry.get() + B * D, T(0));
   std::fill(g_s_carry.get(), g_s_carry.get() + B * n, T(0));
   std::fill(g_control + (steps - 1) * B * H, g_control + steps * B * H, T(0));
   for (int64_t t = steps - 1; t >= 0; --t) {
-    T* go = g_out.get() + t * B * 2 * n;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t at = (t * B + b) * n + j;
-        const T gs = g_s[at] + g_s_carry[b * n + j];
-        go[b * 2 * n + j] = g_mean[at] + gs;
-        go[b * 2 * n + n + j] = (g_std[at] + gs * eps[at]) * slope[at];
-      }
-    T* gpa = g_pre_a + t * B * H;
-    gemm<T>(false, B, H, 2 * n, go, 2 * n, w_o, H, T(0), gpa, H);
-    const T* a_t = a + t * B * H;
-    for (int64_t i = 0; i < B * H; ++i) gpa[i] *= elu_slope(a_t[i]);
+    T *go = g_out.get() + t * B * 2 * n, *gpa = g_pre_a + t * B * H;
+    const int64_t step = t * B * n;
+    gaussian_head_backward(g_s + step, g_s_carry.get(), g_mean + step, g_std + step, eps + step, slope + step,
+                           a + t * B * H, w_o, go, gpa, B, H, n);
     T* gH = g_h_total.get();
     for (int64_t i = 0; i < B * D; ++i) gH[i] = g_h[t * B * D + i] + g_h_carry[i];
     gemm<T>(false, B, D, H, gpa, H, w_h, D, T(1), gH, D);
     if (t == 0) break;
     const T *h_prev = h + (t - 1) * B * D, *g = gates + t * B * 3 * D, *hn = hidden_n + t * B * D;
     T *gi = g_input.get() + t * B * 3 * D, *gh = g_hidden.get() + t * B * 3 * D, *carry = g_h_carry.get();
-    for (int64_t b = 0; b < B; ++b) {
-      const T *r = g + b * 3 * D, *z = r + D, *nn = z + D, *hp = h_prev + b * D, *hnb = hn + b * D, *gHb = gH + b * D;
-      T *gib = gi + b * 3 * D, *ghb = gh + b * 3 * D, *cb = carry + b * D;
-      for (int64_t j = 0; j < D; ++j) {
-        const T g_n_pre = gHb[j] * (T(1) - z[j]) * (T(1) - nn[j] * nn[j]);
-        const T g_r_pre = g_n_pre * hnb[j] * r[j] * (T(1) - r[j]);
-        const T g_z_pre = gHb[j] * (hp[j] - nn[j]) * z[j] * (T(1) - z[j]);
-        gib[j] = ghb[j] = g_r_pre;
-        gib[D + j] = ghb[D + j] = g_z_pre;
-        gib[2 * D + j] = g_n_pre;
-        ghb[2 * D + j] = g_n_pre * r[j];
-        cb[j] = gHb[j] * z[j];
-      }
-    }
+    gru_cell_backward(g, hn, h_prev, gH, gi, gh, carry, B, D);
     gemm<T>(false, B, D, 3 * D, gh, 3 * D, w_hh, D, T(1), carry, D);
     gemm<T>(false, B, H, 3 * D, gi, 3 * D, w_ih, H, T(0), g_x.get(), H);
     T* gpx = g_pre_x + (t - 1) * B * H;
