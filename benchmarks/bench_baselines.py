@@ -6,7 +6,7 @@ the recurrences of a configuration are timed alternately, step by step, on the s
 ratios are taken under the same load), then a table beside the paper's code:
 - planet_push, oo_planet_push: the paper's rows, obs 2-D, controls 6-D, T=50, batch 16, clip 100;
 - gssm_push: the paper's GSSM row on push, T=50, batch 8, clip 100;
-- planet_pend_img: the paper's row, 16x16 frames, 1-D torque, T=33, batch 8, clip 500.
+- planet_pend_img, gssm_pend_img: the paper's rows, 16x16 frames, 1-D torque, T=33, batch 8, clip 500.
 `recurrence` is `RSSM(recurrence=...)`: "plain" is the loop of the model's equations (`rssm_filter`),
 "hoisted" moves the work that does not depend on the recursion out of it (`rssm_filter_hoisted`), "native" runs
 that loop and its hand-written backward in one C++ node (`rssm_filter_native`; what "auto" takes on a CPU); or
@@ -27,6 +27,7 @@ CONFIGS = {
     "oo_planet_push": dict(obs_shape=(2,), ctrl_dim=6, T=50, batch=16, clip=100.0),
     "gssm_push": dict(obs_shape=(2,), ctrl_dim=6, T=50, batch=8, clip=100.0),
     "planet_pend_img": dict(obs_shape=(16, 16), ctrl_dim=1, T=33, batch=8, clip=500.0),
+    "gssm_pend_img": dict(obs_shape=(16, 16), ctrl_dim=1, T=33, batch=8, clip=500.0),
 }
 
 

@@ -124,6 +124,7 @@ REGISTERED = {  # line → (registered experiment, the data set it trains on her
                                                   {"num_sequences": 64, "cache": False},
                                                   {"ode_integrator": "dormand_prince"}),
     "registered_planet_pend_img": ("planet_pend_img", "pendulum_images", {"num_sequences": 64, "cache": False}),
+    "registered_gssm_pend_img": ("gssm_pend_img", "pendulum_images", {"num_sequences": 64, "cache": False}),
 }
 # Lines timed from the weights of that many iterations of training on their sample (full windows and loss
 # weights, the experiment's learning rate) instead of the initial ones: what a run spends its time on. The

@@ -27,11 +27,11 @@ PAPER_CODE_SECONDS = {"dt_ekf_push": 0.41, "planet_push": 0.105, "oo_planet_push
 # The paper's code timed on other processors, by `processor()`'s `cpu` and `cpu_capability`, with
 # `paper_code_push.py` alternating with `bench_train.py`'s measurement of the same experiment: a line run on
 # one of them takes that figure. On the AMD EPYC (Zen 3, 2 vCPUs, no AVX-512; its name as the virtual machine
-# reports it), the lowest median of several rounds (DT-EKF: eight of 20 iterations, 0.510-0.693 s; PlaNet: three
+# reports it), the lowest median of several rounds (DT-EKF: thirteen of 20 iterations, 0.493-0.693 s; PlaNet: three
 # of 20; GSSM: eight of 20 or 30, 0.0759-0.125 s; CT-EKF: eight of 5, 3.48-6.48 s, 792 solver evaluations an
 # iteration where they were counted, as in ours).
 PAPER_CODE_HERE = {("AMD EPYC", "AVX2"): ("AMD EPYC (Zen 3, AVX2)", {
-    "dt_ekf_push": 0.510, "planet_push": 0.1236, "gssm_push": 0.0759, "ct_ekf_push": 3.48})}
+    "dt_ekf_push": 0.493, "planet_push": 0.1236, "gssm_push": 0.0759, "ct_ekf_push": 3.48})}
 
 # The paper-size configurations: latent n, observation p, control m, window T, batch B, hidden units.
 CONFIGS = {
