@@ -1,5 +1,5 @@
 // The GSSM's two recursions, each in one node (07_baselines, 'The GSSM in C++'): the backward GRU of the inference
-// network and the ancestral posterior recursion, the loops of `baselines.gssm_summaries` and `baselines.gssm_infer`
+// network and the ancestral posterior recursion, the loops of `GSSM.summaries` (PyTorch's GRU) and `gssm_infer`
 // on raw buffers, with hand-written backward passes that run the steps in reverse for the gradients of the states
 // and then gather every weight's gradient over all steps in one product.
 //
