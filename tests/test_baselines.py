@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from replay_overshooting.backends import native_extension
+from replay_overshooting import backends
+from replay_overshooting.backends import BackendUnavailableError, native_extension
 from replay_overshooting.baselines import (
     GSSM, PAPER_BASELINES, RSSM, paper_baseline, parameter_count, rssm_filter, rssm_open_loop_priors,
 )
@@ -249,6 +250,22 @@ def test_a_replaced_combiner_runs_the_plain_loops():
     assert losses["auto"].item() == losses["plain"].item()
     model.recurrence = "native"
     with pytest.raises(ValueError, match="recurrence='plain' or 'auto'"):
+        model.loss(y, u)
+
+
+def test_gssm_without_the_extension_runs_the_plain_loops(monkeypatch):
+    "With the C++ extension off, 'auto' gives the plain loops' loss exactly and 'native' says what stops it."
+    monkeypatch.setattr(backends, "native_extension", lambda: None)
+    y, u = (x.double() for x in damped_oscillator(2, 5))
+    losses = {}
+    for recurrence in ("auto", "plain"):
+        torch.manual_seed(0)
+        model = GSSM(obs_dim=2, ctrl_dim=1, recurrence=recurrence, **SMALL_GSSM).double()
+        torch.manual_seed(1)
+        losses[recurrence] = model.loss(y, u)[0]
+    assert losses["auto"].item() == losses["plain"].item()
+    model.recurrence = "native"
+    with pytest.raises(BackendUnavailableError, match="extension is not built"):
         model.loss(y, u)
 
 
