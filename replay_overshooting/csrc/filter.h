@@ -26,36 +26,45 @@ static std::pair<Named, std::shared_ptr<FilterTape>> filter_forward(
   tape->observation = make_layers(observation_params, observation_activation, observation_beta, n);
   tape->has_controls = u.has_value();
   if (mask.has_value()) tape->mask = *mask;
-  std::vector<Tensors> fields(9);
+  // The outputs, filled step by step: row t of pm, pc holds the prior of step t (the initial belief, then each
+  // time update), of fm, fc its posterior; A has the T − 1 time updates' Jacobians.
+  const int64_t p = tape->observation.widths.back();
+  auto options = y.options();
+  Tensor pm = at::empty({B, T, n}, options), pc = at::empty({B, T, n, n}, options);
+  Tensor fm = at::empty({B, T, n}, options), fc = at::empty({B, T, n, n}, options);
+  Tensor ym = at::empty({B, T, p}, options), S = at::empty({B, T, p, p}, options);
+  Tensor C = at::empty({B, T, p, n}, options), A = at::empty({B, T - 1, n, n}, options);
+  Tensor info = at::empty({B, T}, options.dtype(at::kInt));
+  step_of(pm, 0).copy_(mean), step_of(pc, 0).copy_(cov);
   for (int64_t t = 0; t < T; ++t) {
+    Tensor prior_mean = step_of(pm, t), prior_cov = step_of(pc, t), y_pred = step_of(ym, t), C_t = step_of(C, t);
+    Tensor new_mean = step_of(fm, t), new_cov = step_of(fc, t);
     MLPSaved observation_saved;
-    auto [y_pred, C] = mlp_forward(mean, tape->observation, observation_saved);
+    mlp_forward_into(prior_mean, tape->observation, observation_saved, Tensor(), Tensor(), y_pred, C_t);
     KalmanSaved update_saved;
-    auto update = kalman_update(mean, cov, y_pred, C, R, y.select(1, t), update_saved);
-    tape->updated_covs.push_back(update.cov);
-    Tensor new_mean = update.mean, new_cov = update.cov;
-    if (mask.has_value()) {
-      Tensor seen = mask->select(1, t);
-      new_mean = at::where(seen.unsqueeze(1), new_mean, mean);
-      new_cov = at::where(seen.view({B, 1, 1}), new_cov, cov);
+    kalman_update(prior_mean, prior_cov, y_pred, C_t, R, step_of(y, t), update_saved, new_mean, new_cov,
+                  step_of(S, t), step_of(info, t));
+    if (mask.has_value()) {  // a missing step keeps its prior
+      tape->updated_covs.push_back(new_cov.clone());
+      Tensor seen = step_of(*mask, t);
+      new_mean.copy_(at::where(seen.unsqueeze(1), new_mean, prior_mean));
+      new_cov.copy_(at::where(seen.view({B, 1, 1}), new_cov, prior_cov));
+    } else {
+      tape->updated_covs.push_back(new_cov);
     }
-    const Tensor* values[] = {&mean, &cov, &new_mean, &new_cov, &y_pred, &update.S, &C};
-    for (size_t field = 0; field < 7; ++field) fields[field].push_back(*values[field]);
-    fields[8].push_back(update.info);
     tape->observation_saved.push_back(std::move(observation_saved));
     tape->update_saved.push_back(std::move(update_saved));
     if (t < T - 1) {
       MLPSaved dynamics_saved;
-      Tensor u_t = u.has_value() ? u->select(1, t) : Tensor();
-      auto next = time_update(new_mean, new_cov, u_t, Q, tape->dynamics, dynamics_saved);
-      mean = next.mean, cov = next.cov;
-      fields[7].push_back(next.A);
+      Tensor u_t = u.has_value() ? step_of(*u, t) : Tensor();
+      time_update(new_mean, new_cov, u_t, Q, tape->dynamics, dynamics_saved, step_of(pm, t + 1),
+                  step_of(pc, t + 1), step_of(A, t));
       tape->dynamics_saved.push_back(std::move(dynamics_saved));
     }
   }
   Named out;
-  for (size_t field = 0; field < fields.size(); ++field)
-    out[kFilterFields[field]] = fields[field].empty() ? y.new_zeros({B, 0, n, n}) : at::stack(fields[field], 1);
+  const Tensor* fields[] = {&pm, &pc, &fm, &fc, &ym, &S, &C, &A, &info};
+  for (size_t field = 0; field < 9; ++field) out[kFilterFields[field]] = *fields[field];
   return {out, tape};
 }
 
@@ -72,30 +81,30 @@ static Named filter_backward(FilterTape& tape, const Tensor& pc, const Tensor& f
   Tensors grad_y(T), grad_u, grad_Q, grad_R;
   WeightGradients dynamics_grads{&tape.dynamics}, observation_grads{&tape.observation};
   for (int64_t t = T - 1; t >= 0; --t) {
-    Tensor to_mean = grad_fm.select(1, t), to_cov = grad_fc.select(1, t);
+    Tensor to_mean = step_of(grad_fm, t), to_cov = step_of(grad_fc, t);
     if (t < T - 1) {
-      auto back = time_update_backward(tape.dynamics, tape.dynamics_saved[t], fc.select(1, t), A.select(1, t),
-                                       carry_mean, carry_cov, grad_A.select(1, t), tape.has_controls,
+      auto back = time_update_backward(tape.dynamics, tape.dynamics_saved[t], step_of(fc, t), step_of(A, t),
+                                       carry_mean, carry_cov, step_of(grad_A, t), tape.has_controls,
                                        dynamics_grads);
-      to_mean = to_mean + back.mean, to_cov = to_cov + back.cov;
+      to_mean = sum_of(to_mean, back.mean), to_cov = sum_of(to_cov, back.cov);
       if (tape.has_controls) grad_u.push_back(back.u);
       grad_Q.push_back(back.Q);
     }
     Tensor skip_mean, skip_cov;
     if (tape.mask.defined()) {
-      Tensor seen = tape.mask.select(1, t), seen_mean = seen.unsqueeze(1), seen_cov = seen.view({-1, 1, 1});
+      Tensor seen = step_of(tape.mask, t), seen_mean = seen.unsqueeze(1), seen_cov = seen.view({-1, 1, 1});
       skip_mean = at::where(seen_mean, 0.0, to_mean), to_mean = at::where(seen_mean, to_mean, 0.0);
       skip_cov = at::where(seen_cov, 0.0, to_cov), to_cov = at::where(seen_cov, to_cov, 0.0);
     }
-    auto grads = kalman_update_backward(pc.select(1, t), C.select(1, t), tape.updated_covs[t],
+    auto grads = kalman_update_backward(step_of(pc, t), step_of(C, t), tape.updated_covs[t],
                                         tape.update_saved[t], to_mean, to_cov,
-                                        grad_S.has_value() ? grad_S->select(1, t) : Tensor());
-    Tensor grad_y_pred = grad_ym.has_value() ? grads.y_pred + grad_ym->select(1, t) : grads.y_pred;
-    Tensor grad_C_t = grad_C.has_value() ? grads.C + grad_C->select(1, t) : grads.C;
+                                        grad_S.has_value() ? step_of(*grad_S, t) : Tensor());
+    Tensor grad_y_pred = grad_ym.has_value() ? sum_of(grads.y_pred, step_of(*grad_ym, t)) : grads.y_pred;
+    Tensor grad_C_t = grad_C.has_value() ? sum_of(grads.C, step_of(*grad_C, t)) : grads.C;
     Tensor grad_x = mlp_backward_to_input(tape.observation_saved[t], tape.observation, grad_y_pred, grad_C_t,
                                           observation_grads);
-    carry_mean = grad_pm.select(1, t) + to_mean + grad_x, carry_cov = grad_pc.select(1, t) + grads.cov;
-    if (skip_mean.defined()) carry_mean = carry_mean + skip_mean, carry_cov = carry_cov + skip_cov;
+    carry_mean = sum_of(step_of(grad_pm, t), to_mean, grad_x), carry_cov = sum_of(step_of(grad_pc, t), grads.cov);
+    if (skip_mean.defined()) carry_mean = sum_of(carry_mean, skip_mean), carry_cov = sum_of(carry_cov, skip_cov);
     grad_y[t] = grads.y, grad_R.push_back(grads.R);
   }
   std::reverse(grad_u.begin(), grad_u.end());

@@ -175,9 +175,11 @@ static void gather_input(const Tensor& x_in, const Tensor& u_in, T* h0) {
   }
 }
 
+// `out` (B, o) and `J` (B, o, wrt) are written element by element `out_stride` and `J_stride` apart: rows of
+// (B, T, ...) tensors that a recursion fills step by step, or contiguous outputs.
 template <typename T>
 static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tensor& residual_in, const Layers& L,
-                             MLPSaved& s, T* out, T* J) {
+                             MLPSaved& s, T* out, int64_t out_stride, T* J, int64_t J_stride) {
   const int64_t B = x_in.size(0), count = L.weights.size(), k = L.rows, wrt = L.wrt;
   const auto& w = L.widths;
   s.batch = B;
@@ -198,18 +200,21 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
     activate(a, h, B * w[i + 1], L.activation);
   }
   const T* b = L.biases.back().const_data_ptr<T>();
-  for (int64_t r = 0; r < B; ++r) std::copy(b, b + w[count], out + r * w[count]);
+  for (int64_t r = 0; r < B; ++r) std::copy(b, b + w[count], out + r * out_stride);
   if (residual_in.defined()) {  // out = residual + the network
-    Tensor residual = residual_in.contiguous();
+    Tensor residual = inner_rows(residual_in);
     const T* res = residual.const_data_ptr<T>();
-    for (int64_t e = 0; e < B * w[count]; ++e) out[e] += res[e];
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t o = 0; o < w[count]; ++o) out[r * out_stride + o] += res[r * residual.stride(0) + o];
   }
   gemm<T>(false, B, w[count], w[count - 1], base + s.h[count - 1], w[count - 1],
-          L.transposed.back().const_data_ptr<T>(), w[count], T(1), out, w[count]);
+          L.transposed.back().const_data_ptr<T>(), w[count], T(1), out, out_stride);
   // The chain, rows (B, k, H): after = before ⊙ d (d broadcast over the k rows of an element), then the next
   // before = after · M; the last product gives the rows of J (reverse: J itself, (B, out, wrt)) or of Jᵀ.
   const int64_t last_width = L.reverse ? wrt : w[count], widest = widest_layer(L), block = chain_block(L, widest);
-  T* transposed = L.reverse ? nullptr : reusable<T>(Slot::forward_transposed, std::min(block, B) * k * last_width);
+  // The last product's rows: J's own rows when its elements lie k·wrt apart (reverse), else a block's rows first.
+  const bool direct = L.reverse && J_stride == k * wrt;
+  T* transposed = direct ? nullptr : reusable<T>(Slot::forward_transposed, std::min(block, B) * k * last_width);
   T* after = reusable<T>(Slot::forward_after, std::min(block, B) * k * widest);
   for (int64_t b0 = 0; b0 < B; b0 += block) {
     const int64_t b1 = std::min(B, b0 + block), rows = (b1 - b0) * k;
@@ -221,27 +226,39 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
       // rows of J (reverse): · W_ℓ (H, i_ℓ), only its first `wrt` columns at the input layer; rows of Jᵀ: · W_ℓ+1ᵀ
       const T* M = L.reverse ? L.weights[hidden - 1].const_data_ptr<T>() : L.transposed[hidden].const_data_ptr<T>();
       const int64_t width = final ? last_width : L.reverse ? w[hidden - 1] : w[hidden + 1];
-      T* next = !final ? base + s.before[j + 1] + b0 * k * width : L.reverse ? J + b0 * k * wrt : transposed;
+      T* next = !final ? base + s.before[j + 1] + b0 * k * width : direct ? J + b0 * J_stride : transposed;
       gemm<T>(false, rows, width, H, after, H, M, L.reverse ? w[hidden - 1] : width, T(0), next, width);
     }
+    if (L.reverse && !direct)  // J[b] = the rows of element b
+      for (int64_t bb = b0; bb < b1; ++bb)
+        std::copy(transposed + (bb - b0) * k * wrt, transposed + (bb - b0 + 1) * k * wrt, J + bb * J_stride);
     if (!L.reverse)  // J[b, o, c] = Jᵀ rows[b, c, o]
       for (int64_t bb = b0; bb < b1; ++bb)
         for (int64_t c = 0; c < k; ++c)
           for (int64_t o = 0; o < last_width; ++o)
-            J[(bb * last_width + o) * wrt + c] = transposed[((bb - b0) * k + c) * last_width + o];
+            J[bb * J_stride + o * wrt + c] = transposed[((bb - b0) * k + c) * last_width + o];
   }
 }
 
 // `(out (B, o), J (B, o, wrt))` of the input `[x, u] (B, i)` (`u` undefined: `x` alone), saving what the backward
 // needs in `s`; with a `residual (B, o)`, `out` is residual + the network's output. (Gathering the input and adding
 // the residual here saves the time update two ATen calls and tensors a step.)
+// `mlp_forward` into given `out (B, o)` and `J (B, o, wrt)`, each contiguous within an element (the step's rows of
+// a recursion's outputs: `(B, T, ...)` tensors selected at a step).
+static void mlp_forward_into(const Tensor& x, const Layers& L, MLPSaved& s, const Tensor& u, const Tensor& residual,
+                             const Tensor& out, const Tensor& J) {
+  TORCH_CHECK(out.stride(-1) == 1 && J.stride(-1) == 1 && J.stride(-2) == L.wrt, "mlp_forward_into: outputs split");
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_forward", [&] {
+    mlp_forward_impl<scalar_t>(x, u, residual, L, s, out.data_ptr<scalar_t>(), out.stride(0),
+                               J.data_ptr<scalar_t>(), J.stride(0));
+  });
+}
+
 static std::pair<Tensor, Tensor> mlp_forward(const Tensor& x, const Layers& L, MLPSaved& s, const Tensor& u = Tensor(),
                                              const Tensor& residual = Tensor()) {
   const int64_t B = x.size(0), out_dim = L.widths.back();
   Tensor out = at::empty({B, out_dim}, x.options()), J = at::empty({B, out_dim, L.wrt}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_forward", [&] {
-    mlp_forward_impl<scalar_t>(x, u, residual, L, s, out.data_ptr<scalar_t>(), J.data_ptr<scalar_t>());
-  });
+  mlp_forward_into(x, L, s, u, residual, out, J);
   return {out, J};
 }
 

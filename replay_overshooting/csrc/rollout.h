@@ -17,17 +17,19 @@ static std::pair<Named, std::shared_ptr<RolloutTape>> rollout_forward(
   const int64_t B = mean.size(0), n = mean.size(-1);
   tape->dynamics = make_layers(params, activation, beta, n);
   tape->has_controls = u.has_value();
-  Tensors means{mean}, covs{cov}, A;
+  Tensor means = at::empty({B, steps, n}, mean.options()), covs = at::empty({B, steps, n, n}, cov.options());
+  Tensor A = at::empty({B, std::max<int64_t>(steps - 1, 0), n, n}, cov.options());
+  step_of(means, 0).copy_(mean), step_of(covs, 0).copy_(cov);
   for (int64_t k = 0; k + 1 < steps; ++k) {
     MLPSaved saved;
-    auto next = time_update(mean, cov, u.has_value() ? u->select(1, k) : Tensor(), Q, tape->dynamics, saved);
-    mean = next.mean, cov = next.cov;
-    means.push_back(mean), covs.push_back(cov), A.push_back(next.A), tape->saved.push_back(std::move(saved));
+    time_update(step_of(means, k), step_of(covs, k), u.has_value() ? step_of(*u, k) : Tensor(), Q,
+                tape->dynamics, saved, step_of(means, k + 1), step_of(covs, k + 1), step_of(A, k));
+    tape->saved.push_back(std::move(saved));
   }
   Named out;
-  out["means"] = at::stack(means, 1);
-  out["covs"] = at::stack(covs, 1);
-  out["A"] = A.empty() ? mean.new_zeros({B, 0, n, n}) : at::stack(A, 1);
+  out["means"] = means;
+  out["covs"] = covs;
+  out["A"] = A;
   return {out, tape};
 }
 
@@ -37,13 +39,13 @@ static Named rollout_backward(RolloutTape& tape, const Tensor& covs, const Tenso
                                 const Tensor& grad_covs, const Tensor& grad_A) {
   NativeScope scope;
   const int64_t steps = grad_means.size(1);
-  Tensor carry_mean = grad_means.select(1, steps - 1), carry_cov = grad_covs.select(1, steps - 1);
+  Tensor carry_mean = step_of(grad_means, steps - 1), carry_cov = step_of(grad_covs, steps - 1);
   Tensors grad_u, grad_Q;
   WeightGradients weight_grads{&tape.dynamics};
   for (int64_t k = steps - 2; k >= 0; --k) {
-    auto back = time_update_backward(tape.dynamics, tape.saved[k], covs.select(1, k), A.select(1, k), carry_mean,
-                                     carry_cov, grad_A.select(1, k), tape.has_controls, weight_grads);
-    carry_mean = grad_means.select(1, k) + back.mean, carry_cov = grad_covs.select(1, k) + back.cov;
+    auto back = time_update_backward(tape.dynamics, tape.saved[k], step_of(covs, k), step_of(A, k), carry_mean,
+                                     carry_cov, step_of(grad_A, k), tape.has_controls, weight_grads);
+    carry_mean = sum_of(step_of(grad_means, k), back.mean), carry_cov = sum_of(step_of(grad_covs, k), back.cov);
     if (tape.has_controls) grad_u.push_back(back.u);
     grad_Q.push_back(back.Q);
   }

@@ -83,28 +83,28 @@ static inline void sandwich_backward(T* G, T* grad_A, T* grad_P, const T* A, con
   product<true, false>(grad_P, A, GA, n, r, n);
 }
 
-// Σ⁺ = sym(A Σ Aᵀ + Q) with A = J + I, one batch element at a time; returns {A, Σ⁺}.
-static std::pair<Tensor, Tensor> propagate_covariance(const Tensor& J_in, const Tensor& cov_in, const Tensor& Q_in) {
+// Σ⁺ = sym(A Σ Aᵀ + Q) with A = J + I, one batch element at a time, into `next` (B, n, n); `A` holds J on entry
+// and A on return. Both are contiguous within an element, at any batch stride (a step's rows of a recursion's
+// outputs).
+static void propagate_covariance(const Tensor& A, const Tensor& cov_in, const Tensor& Q_in, const Tensor& next) {
   const int64_t B = cov_in.size(0), n = cov_in.size(-1), nn = n * n;
   if (!loops_pay(n)) {
-    Tensor A = J_in + at::eye(n, cov_in.options());
-    return {A, symmetrize(at::baddbmm(Q_in, at::bmm(A, cov_in), mT(A)))};
+    A.add_(at::eye(n, cov_in.options()));
+    next.copy_(symmetrize(at::baddbmm(Q_in, at::bmm(A, cov_in), mT(A))));
+    return;
   }
-  Tensor J = inner_contiguous(J_in), cov = inner_contiguous(cov_in), Q = inner_contiguous(Q_in.expand({B, n, n}));
-  Tensor A = at::empty({B, n, n}, cov.options()), next = at::empty({B, n, n}, cov.options());
+  Tensor cov = inner_contiguous(cov_in), Q = inner_contiguous(Q_in.expand({B, n, n}));
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "propagate_covariance", [&] {
     using T = scalar_t;
     std::vector<T> AP(nn), X(nn);
-    const Elements<T> Js(J), covs(cov), Qs(Q);
+    const Elements<T> covs(cov), Qs(Q);
     T *As = A.data_ptr<T>(), *nexts = next.data_ptr<T>();
     for (int64_t b = 0; b < B; ++b) {
-      const T* Jb = Js[b];
-      T* Ab = As + b * nn;
-      for (int64_t i = 0; i < nn; ++i) Ab[i] = Jb[i] + (i % (n + 1) == 0 ? T(1) : T(0));
-      sandwich(nexts + b * nn, Ab, covs[b], Qs[b], n, n, AP.data(), X.data());
+      T* Ab = As + b * A.stride(0);
+      for (int64_t i = 0; i < nn; i += n + 1) Ab[i] += T(1);
+      sandwich(nexts + b * next.stride(0), Ab, covs[b], Qs[b], n, n, AP.data(), X.data());
     }
   });
-  return {A, next};
 }
 
 // The covariance part of its backward: G = sym(∂Σ⁺), ∂J = ∂A + 2 G A Σ, ∂Σ = Aᵀ G A; returns {∂Σ, ∂J, G}.
@@ -176,15 +176,39 @@ static Tensors observation_covariance_backward(const Tensor& C_in, const Tensor&
   return {grad_C, grad_cov, G};
 }
 
-struct TimeUpdate {
-  Tensor mean, cov, A;
-};
+// One time update into `next_mean` (B, n), `next_cov` and `A` (B, n, n), each contiguous within an element:
+// μ⁺ = μ + f([μ, u]), A = I + ∂f/∂μ, Σ⁺ = sym(A Σ Aᵀ + Q).
+static void time_update(const Tensor& mean, const Tensor& cov, const Tensor& u, const Tensor& Q, const Layers& L,
+                        MLPSaved& s, const Tensor& next_mean, const Tensor& next_cov, const Tensor& A) {
+  mlp_forward_into(mean, L, s, u, mean, next_mean, A);  // A holds J until `propagate_covariance` adds I
+  propagate_covariance(A, cov, Q, next_cov);
+}
 
-static TimeUpdate time_update(const Tensor& mean, const Tensor& cov, const Tensor& u, const Tensor& Q,
-                              const Layers& L, MLPSaved& s) {
-  auto [next_mean, J] = mlp_forward(mean, L, s, u, mean);  // μ + f([μ, u])
-  auto [A, next_cov] = propagate_covariance(J, cov, Q);
-  return {next_mean, next_cov, A};
+// a + b, or (a + b) + c, elementwise into a new contiguous tensor: tensors of one shape, each contiguous within an
+// element at any batch stride. One loop where ATen's additions cost a dispatch and an iterator each, several
+// times per step of the backward recursions; sums rounded as ATen's, left to right.
+static Tensor sum_of(const Tensor& a_in, const Tensor& b_in, const Tensor& c_in = Tensor()) {
+  Tensor a = inner_contiguous(a_in), b = inner_contiguous(b_in), c = c_in.defined() ? inner_contiguous(c_in) : Tensor();
+  Tensor out = at::empty(a.sizes(), a.options());
+  const int64_t B = a.size(0), inner = B ? a.numel() / B : 0;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sum_of", [&] {
+    using T = scalar_t;
+    const Elements<T> as(a), bs(b);
+    T* o = out.data_ptr<T>();
+    for (int64_t e = 0; e < B; ++e) {
+      const T *x = as[e], *y = bs[e];
+      T* z = o + e * inner;
+      for (int64_t i = 0; i < inner; ++i) z[i] = x[i] + y[i];
+    }
+    if (!c.defined()) return;
+    const Elements<T> cs(c);
+    for (int64_t e = 0; e < B; ++e) {
+      const T* x = cs[e];
+      T* z = o + e * inner;
+      for (int64_t i = 0; i < inner; ++i) z[i] += x[i];
+    }
+  });
+  return out;
 }
 
 struct TimeUpdateGrads {
@@ -198,7 +222,7 @@ static TimeUpdateGrads time_update_backward(const Layers& L, const MLPSaved& s, 
   Tensor grad_x = mlp_backward_to_input(s, L, grad_mean, grad_J, weight_grads);
   const int64_t n = A.size(-1);
   Tensor grad_u = has_controls ? grad_x.slice(1, n) : Tensor();
-  return {grad_x.slice(1, 0, n) + grad_mean, grad_prev_cov, grad_u, G};
+  return {sum_of(grad_x.slice(1, 0, n), grad_mean), grad_prev_cov, grad_u, G};
 }
 
 // One time update as an autograd node of its own (`ResidualDynamics.propagate_belief` on CPU).
@@ -215,8 +239,11 @@ static std::tuple<Tensor, Tensor, Tensor, std::shared_ptr<TimeUpdateTape>> time_
   auto tape = std::make_shared<TimeUpdateTape>();
   tape->layers = make_layers(params, activation, beta, mean.size(-1));
   tape->has_controls = u.has_value();
-  auto next = time_update(mean, cov, u.has_value() ? *u : Tensor(), Q, tape->layers, tape->saved);
-  return {next.mean, next.cov, next.A, tape};
+  const int64_t B = mean.size(0), n = mean.size(-1);
+  Tensor next_mean = at::empty({B, n}, mean.options()), next_cov = at::empty({B, n, n}, cov.options());
+  Tensor A = at::empty({B, n, n}, cov.options());
+  time_update(mean, cov, u.has_value() ? *u : Tensor(), Q, tape->layers, tape->saved, next_mean, next_cov, A);
+  return {next_mean, next_cov, A, tape};
 }
 
 // The gradients of the time update's inputs, by name: `mean`, `cov`, `u`, `dynamics_cov` and the dynamics
@@ -238,10 +265,6 @@ static Named time_update_backward_node(const TimeUpdateTape& tape, const Tensor&
 
 struct KalmanSaved {
   Tensor Kt, s, gain_step, M;  // Kᵀ (B,p,n), S⁻¹(y − ŷ) (B,p,1), its gain (B,1,n), I − K C (B,n,n)
-};
-
-struct KalmanUpdate {
-  Tensor mean, cov, S, info;
 };
 
 // L ← the lower Cholesky factor of one n×n matrix A (its lower triangle read; L's upper triangle left as it is).
@@ -492,25 +515,28 @@ static int32_t kalman_element(int64_t n, int64_t p, const T* mean, const T* P, c
   return info;
 }
 
-static KalmanUpdate kalman_update(const Tensor& mean_in, const Tensor& cov_in, const Tensor& y_pred_in,
-                                  const Tensor& C_in, const Tensor& R_in, const Tensor& y_in, KalmanSaved& k) {
+// The update of a batch into `new_mean` (B, n), `new_cov` (B, n, n), `S` (B, p, p) and `info` (B), each contiguous
+// within an element at any batch stride (a step's rows of the filter's outputs).
+static void kalman_update(const Tensor& mean_in, const Tensor& cov_in, const Tensor& y_pred_in, const Tensor& C_in,
+                          const Tensor& R_in, const Tensor& y_in, KalmanSaved& k, const Tensor& new_mean,
+                          const Tensor& new_cov, const Tensor& S, const Tensor& info) {
   const int64_t B = cov_in.size(0), n = cov_in.size(-1), p = C_in.size(1);
   if (!loops_pay(n)) {
     Tensor R = R_in.expand({B, p, p}), CP = at::bmm(C_in, cov_in);
-    Tensor S = at::baddbmm(R, CP, mT(C_in));
-    auto [L, info] = at::linalg_cholesky_ex(S);
+    S.copy_(at::baddbmm(R, CP, mT(C_in)));
+    auto [L, factor_info] = at::linalg_cholesky_ex(S);
+    info.copy_(factor_info);
     Tensor solution = at::cholesky_solve(at::cat({CP, (y_in - y_pred_in).unsqueeze(-1)}, -1), L);
     k.Kt = solution.slice(-1, 0, n).contiguous(), k.s = solution.slice(-1, n).contiguous();
     k.gain_step = at::bmm(mT(k.s), CP);
     k.M = at::baddbmm(at::eye(n, cov_in.options()), mT(k.Kt), C_in, 1, -1);
-    Tensor new_cov = symmetrize(at::baddbmm(at::bmm(at::bmm(k.M, cov_in), mT(k.M)), mT(k.Kt), at::bmm(R, k.Kt)));
-    return {mean_in + k.gain_step.squeeze(1), new_cov, S, info};
+    new_cov.copy_(symmetrize(at::baddbmm(at::bmm(at::bmm(k.M, cov_in), mT(k.M)), mT(k.Kt), at::bmm(R, k.Kt))));
+    new_mean.copy_(mean_in + k.gain_step.squeeze(1));
+    return;
   }
   Tensor mean = inner_contiguous(mean_in), cov = inner_contiguous(cov_in), y_pred = inner_contiguous(y_pred_in);
   Tensor C = inner_contiguous(C_in), R = inner_contiguous(R_in.expand({B, p, p})), y = inner_contiguous(y_in);
   auto options = cov.options();
-  Tensor new_mean = at::empty({B, n}, options), new_cov = at::empty({B, n, n}, options);
-  Tensor S = at::empty({B, p, p}, options), info = at::empty({B}, options.dtype(at::kInt));
   k.Kt = at::empty({B, p, n}, options), k.s = at::empty({B, p, 1}, options);
   k.gain_step = at::empty({B, 1, n}, options), k.M = at::empty({B, n, n}, options);
   AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "kalman_update", [&] {
@@ -520,12 +546,12 @@ static KalmanUpdate kalman_update(const Tensor& mean_in, const Tensor& cov_in, c
     T *new_means = new_mean.data_ptr<T>(), *new_covs = new_cov.data_ptr<T>(), *Ss = S.data_ptr<T>();
     T *Kts = k.Kt.data_ptr<T>(), *ss = k.s.data_ptr<T>(), *gains = k.gain_step.data_ptr<T>(), *Ms = k.M.data_ptr<T>();
     int32_t* infos = info.data_ptr<int32_t>();
+    const int64_t mean_stride = new_mean.stride(0), cov_stride = new_cov.stride(0), S_stride = S.stride(0);
     for (int64_t b = 0; b < B; ++b)
-      infos[b] = kalman_element<T>(n, p, means[b], covs[b], y_preds[b], Cs[b], Rs[b], ys[b], work.data(),
-                                   new_means + b * n, new_covs + b * n * n, Ss + b * p * p, Kts + b * p * n,
-                                   ss + b * p, gains + b * n, Ms + b * n * n);
+      infos[b * info.stride(0)] = kalman_element<T>(
+          n, p, means[b], covs[b], y_preds[b], Cs[b], Rs[b], ys[b], work.data(), new_means + b * mean_stride,
+          new_covs + b * cov_stride, Ss + b * S_stride, Kts + b * p * n, ss + b * p, gains + b * n, Ms + b * n * n);
   });
-  return {new_mean, new_cov, S, info};
 }
 
 struct KalmanGrads {
