@@ -4,7 +4,7 @@
 
 # %% auto 0
 __all__ = ['BACKENDS', 'BACKEND_VARIABLE', 'BackendUnavailableError', 'inside_transforms', 'register_native', 'native_extension',
-           'default_backend', 'check_backend', 'resolve_backend']
+           'default_backend', 'check_backend', 'native_obstacle', 'resolve_backend']
 
 # %% ../nbs/00b_backends.ipynb
 import os
@@ -62,7 +62,7 @@ def check_backend(
     return backend
 
 # %% ../nbs/00b_backends.ipynb
-def _native_obstacle(like: torch.Tensor) -> str | None:
+def native_obstacle(like: torch.Tensor) -> str | None:
     "Why the C++ loops cannot run on tensors like `like`; None where they can."
     if like.device.type != "cpu":
         return f"the tensors are on {like.device}, and the C++ loops run on the CPU"
@@ -83,7 +83,7 @@ def resolve_backend(
         return "reference"
     if backend in ("reference", "fused"):
         return backend
-    obstacle = _native_obstacle(like)
+    obstacle = native_obstacle(like)
     if obstacle is None:
         return "native"
     if backend == "native":

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import native_extension, resolve_backend
+from .backends import BackendUnavailableError, inside_transforms, native_extension, native_obstacle
 from .image_models import (NUM_GREY_LEVELS, conv_stages, frame_mixture, grey_levels,
                                               pixel_categorical_nll, score_frame_levels)
 from .protocols import Forecast
@@ -487,6 +487,18 @@ def rssm_filter_native(
 RSSM_FILTERS = {"plain": rssm_filter, "hoisted": rssm_filter_hoisted, "native": rssm_filter_native}
 
 
+def _runs_native(recurrence: str, like: torch.Tensor) -> bool:
+    """Whether a recurrence's C++ node runs for `recurrence` ("native" or "auto") on tensors like `like`: not inside
+    `torch.func` transforms, nor where `native_obstacle` names a reason; "native" raises naming that reason."""
+    if inside_transforms():
+        return False
+    obstacle = native_obstacle(like)
+    if obstacle is not None and recurrence == "native":
+        raise BackendUnavailableError(f"recurrence='native' cannot run: {obstacle}. Use recurrence='auto', which runs "
+                                      "the Python loops there")
+    return obstacle is None
+
+
 def resolve_recurrence(
     recurrence: str,  # one of `RECURRENCES`
     like: torch.Tensor,  # a tensor of the computation (its device and dtype)
@@ -498,8 +510,8 @@ def resolve_recurrence(
     if recurrence == "native":
         if mask is not None:
             return "native"  # `rssm_filter_native` says why it cannot take the mask
-        return "native" if resolve_backend("native", like) == "native" else "hoisted"
-    return "native" if mask is None and resolve_backend("auto", like) == "native" else "hoisted"
+        return "native" if _runs_native("native", like) else "hoisted"
+    return "native" if mask is None and _runs_native("auto", like) else "hoisted"
 
 # %% ../nbs/07_baselines.ipynb
 def rssm_loss(
@@ -765,7 +777,7 @@ def resolve_gssm_recurrence(
             raise ValueError("recurrence='native' runs the combiner GSSM builds (Linear, ELU, Linear); this model's "
                              "was replaced: use recurrence='plain' or 'auto'")
         return "plain"
-    return "native" if resolve_backend(model.recurrence, like) == "native" else "plain"
+    return "native" if _runs_native(model.recurrence, like) else "plain"
 
 
 # %% ../nbs/07_baselines.ipynb

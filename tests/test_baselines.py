@@ -265,8 +265,19 @@ def test_gssm_without_the_extension_runs_the_plain_loops(monkeypatch):
         losses[recurrence] = model.loss(y, u)[0]
     assert losses["auto"].item() == losses["plain"].item()
     model.recurrence = "native"
-    with pytest.raises(BackendUnavailableError, match="extension is not built"):
+    with pytest.raises(BackendUnavailableError, match="recurrence='native' cannot run: .*extension is not built"):
         model.loss(y, u)
+
+
+@pytest.mark.parametrize("model_class", [RSSM, GSSM])
+def test_native_recurrence_names_its_own_option_when_it_cannot_run(model_class):
+    "Asked for on tensors the C++ nodes do not take, recurrence='native' names itself and the fallback, not `backend`."
+    sizes = SMALL_RSSM if model_class is RSSM else SMALL_GSSM
+    model = model_class(obs_dim=2, ctrl_dim=1, recurrence="native", **sizes).to(torch.bfloat16)
+    y, u = (x.to(torch.bfloat16) for x in damped_oscillator(2, 5))
+    with pytest.raises(BackendUnavailableError, match="recurrence='native' cannot run: .*bfloat16") as raised:
+        model.loss(y, u)
+    assert "recurrence='auto'" in str(raised.value) and "backend" not in str(raised.value)
 
 
 @pytest.mark.parametrize("model_class", [RSSM, GSSM])
