@@ -4,7 +4,7 @@
 
 # %% auto 0
 __all__ = ['BACKENDS', 'BACKEND_VARIABLE', 'BackendUnavailableError', 'inside_transforms', 'register_native', 'native_extension',
-           'default_backend', 'check_backend', 'native_obstacle', 'resolve_backend']
+           'default_backend', 'check_backend', 'native_runs', 'resolve_backend']
 
 # %% ../nbs/00b_backends.ipynb
 import os
@@ -62,7 +62,7 @@ def check_backend(
     return backend
 
 # %% ../nbs/00b_backends.ipynb
-def native_obstacle(like: torch.Tensor) -> str | None:
+def _native_obstacle(like: torch.Tensor) -> str | None:
     "Why the C++ loops cannot run on tensors like `like`; None where they can."
     if like.device.type != "cpu":
         return f"the tensors are on {like.device}, and the C++ loops run on the CPU"
@@ -71,6 +71,23 @@ def native_obstacle(like: torch.Tensor) -> str | None:
     if native_extension() is None:
         return "the C++ extension is not built here (a NativeLoopsWarning said why)"
     return None
+
+
+def native_runs(
+    choice: str,  # "native" or "auto"
+    like: torch.Tensor,  # a tensor of the computation: its device and dtype
+    option: str = "backend",  # the argument that made the choice, for the error
+    fallback: str = "the fused Python nodes",  # what `auto` runs where the C++ loops cannot, for the error
+) -> bool:
+    """Whether the C++ loops run for `choice`: not inside `torch.func` transforms, nor where they cannot take
+    tensors like `like`; "native" that cannot run raises, naming `option` and the reason."""
+    if inside_transforms():
+        return False
+    obstacle = _native_obstacle(like)
+    if obstacle is not None and choice == "native":
+        raise BackendUnavailableError(f"{option}='native' cannot run: {obstacle}. Use {option}='auto', which runs "
+                                      f"{fallback} where the C++ loops cannot")
+    return obstacle is None
 
 
 def resolve_backend(
@@ -83,10 +100,4 @@ def resolve_backend(
         return "reference"
     if backend in ("reference", "fused"):
         return backend
-    obstacle = native_obstacle(like)
-    if obstacle is None:
-        return "native"
-    if backend == "native":
-        raise BackendUnavailableError(f"backend='native' cannot run: {obstacle}. Use backend='auto', which runs "
-                                      "the fused Python nodes where the C++ loops cannot")
-    return "fused"
+    return "native" if native_runs(backend, like) else "fused"

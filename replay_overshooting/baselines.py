@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import BackendUnavailableError, inside_transforms, native_extension, native_obstacle
+from .backends import native_extension, native_runs
 from .image_models import (NUM_GREY_LEVELS, conv_stages, frame_mixture, grey_levels,
                                               pixel_categorical_nll, score_frame_levels)
 from .protocols import Forecast
@@ -488,15 +488,8 @@ RSSM_FILTERS = {"plain": rssm_filter, "hoisted": rssm_filter_hoisted, "native": 
 
 
 def _runs_native(recurrence: str, like: torch.Tensor) -> bool:
-    """Whether a recurrence's C++ node runs for `recurrence` ("native" or "auto") on tensors like `like`: not inside
-    `torch.func` transforms, nor where `native_obstacle` names a reason; "native" raises naming that reason."""
-    if inside_transforms():
-        return False
-    obstacle = native_obstacle(like)
-    if obstacle is not None and recurrence == "native":
-        raise BackendUnavailableError(f"recurrence='native' cannot run: {obstacle}. Use recurrence='auto', which runs "
-                                      "the Python loops there")
-    return obstacle is None
+    "Whether a recurrence's C++ node runs for `recurrence` (\"native\" or \"auto\"); `backends.native_runs`."
+    return native_runs(recurrence, like, option="recurrence", fallback="the Python loops")
 
 
 def resolve_recurrence(

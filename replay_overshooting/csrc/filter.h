@@ -64,7 +64,7 @@ static std::pair<Named, std::shared_ptr<FilterTape>> filter_forward(
   }
   Named out;
   const Tensor* fields[] = {&pm, &pc, &fm, &fc, &ym, &S, &C, &A, &info};
-  for (size_t field = 0; field < 9; ++field) out[kFilterFields[field]] = *fields[field];
+  for (size_t field = 0; field < std::size(fields); ++field) out[kFilterFields[field]] = *fields[field];
   return {out, tape};
 }
 

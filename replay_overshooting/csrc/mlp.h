@@ -240,9 +240,6 @@ static void mlp_forward_impl(const Tensor& x_in, const Tensor& u_in, const Tenso
   }
 }
 
-// `(out (B, o), J (B, o, wrt))` of the input `[x, u] (B, i)` (`u` undefined: `x` alone), saving what the backward
-// needs in `s`; with a `residual (B, o)`, `out` is residual + the network's output. (Gathering the input and adding
-// the residual here saves the time update two ATen calls and tensors a step.)
 // `mlp_forward` into given `out (B, o)` and `J (B, o, wrt)`, each contiguous within an element (the step's rows of
 // a recursion's outputs: `(B, T, ...)` tensors selected at a step).
 static void mlp_forward_into(const Tensor& x, const Layers& L, MLPSaved& s, const Tensor& u, const Tensor& residual,
@@ -254,6 +251,9 @@ static void mlp_forward_into(const Tensor& x, const Layers& L, MLPSaved& s, cons
   });
 }
 
+// `(out (B, o), J (B, o, wrt))` of the input `[x, u] (B, i)` (`u` undefined: `x` alone), saving what the backward
+// needs in `s`; with a `residual (B, o)`, `out` is residual + the network's output. (Gathering the input and adding
+// the residual here saves the time update two ATen calls and tensors a step.)
 static std::pair<Tensor, Tensor> mlp_forward(const Tensor& x, const Layers& L, MLPSaved& s, const Tensor& u = Tensor(),
                                              const Tensor& residual = Tensor()) {
   const int64_t B = x.size(0), out_dim = L.widths.back();
